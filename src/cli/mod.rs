@@ -1,0 +1,53 @@
+//! The command line: one file per command.
+
+mod config;
+mod start;
+mod version;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "datadog-cluster-agent",
+    version = crate::version::VERSION,
+    about = "Datadog Cluster Agent: external metrics for HPAs, cluster-level tags for node agents, Kubernetes events"
+)]
+pub struct Cli {
+    /// Path to the folder holding datadog-cluster.yaml, or to the file itself.
+    #[arg(short = 'c', long = "cfgpath", global = true, value_name = "PATH")]
+    pub cfgpath: Option<PathBuf>,
+    /// Disable colours in the output.
+    #[arg(short = 'n', long = "no-color", global = true)]
+    pub no_color: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the cluster agent (the default command).
+    Start,
+    /// Print the version, commit, build date and compiler.
+    Version,
+    /// Print the effective configuration (file + environment), secrets scrubbed, as YAML.
+    Config(config::ConfigArgs),
+}
+
+/// Runs the parsed command. Errors are printed as one line, never as a panic.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command.unwrap_or(Command::Start) {
+        Command::Start => start::run(cli.cfgpath.as_deref(), !cli.no_color),
+        Command::Version => version::run(),
+        Command::Config(args) => config::run(cli.cfgpath.as_deref(), &args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,22 @@
+use std::path::Path;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+pub fn run(cfgpath: Option<&Path>, color: bool) -> anyhow::Result<()> {
+    // Configuration errors are reported before anything else starts, so a misconfigured pod
+    // fails in milliseconds with the one line that names the setting.
+    let settings = Settings::load(cfgpath)?;
+    settings.validate_for_start()?;
+    crate::logging::init(settings.log_level, settings.log_format_json, color);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("dca-worker")
+        .build()?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        crate::shutdown::on_signals(shutdown.clone())?;
+        crate::app::run(settings, shutdown).await
+    })
+}

@@ -1,0 +1,4 @@
+pub fn run() -> anyhow::Result<()> {
+    println!("{}", crate::version::long());
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! The Datadog Cluster Agent, in Rust: the library behind the `datadog-cluster-agent` binary.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod k8s;
+pub mod logging;
+pub mod shutdown;
+pub mod version;

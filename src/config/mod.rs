@@ -254,14 +254,20 @@ struct Resolved(BTreeMap<&'static str, Entry>);
 /// Raw values include secrets, so only where each came from is shown.
 impl fmt::Debug for Resolved {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.0.iter().map(|(k, e)| (k, &e.source))).finish()
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, e)| (k, &e.source)))
+            .finish()
     }
 }
 
 /// Where to look for the configuration file: `-c` may name the file or its folder.
 pub fn config_file_path(cfgpath: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     match cfgpath {
-        Some(p) if p.is_dir() => Ok(Some(p.join(CONFIG_FILE_NAME))),
+        // A folder without the file is a container configured through the environment alone.
+        Some(p) if p.is_dir() => {
+            let file = p.join(CONFIG_FILE_NAME);
+            Ok(file.exists().then_some(file))
+        }
         Some(p) if p.exists() => Ok(Some(p.to_path_buf())),
         Some(p) => Err(ConfigError::Read {
             path: p.to_path_buf(),
@@ -274,16 +280,28 @@ pub fn config_file_path(cfgpath: Option<&Path>) -> Result<Option<PathBuf>, Confi
     }
 }
 
+/// The folder of the config file, where the token files live.
+pub fn config_dir_of(file: Option<&Path>) -> PathBuf {
+    file.and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR))
+}
+
 impl Settings {
     /// Loads from the process environment and the file `-c` names (or the default one).
     pub fn load(cfgpath: Option<&Path>) -> Result<Settings, ConfigError> {
         let file = config_file_path(cfgpath)?;
-        Settings::load_from(file.as_deref(), &|name| std::env::var(name).ok())
+        let dir = match cfgpath {
+            Some(p) if p.is_dir() => p.to_path_buf(),
+            _ => config_dir_of(file.as_deref()),
+        };
+        Settings::load_from(file.as_deref(), &dir, &|name| std::env::var(name).ok())
     }
 
     /// Loads with an explicit file and environment, so tests need not touch the process.
     pub fn load_from(
         file: Option<&Path>,
+        config_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
         let file_values = match file {
@@ -297,11 +315,7 @@ impl Settings {
             None => BTreeMap::new(),
         };
         let resolved = resolve(file, &file_values, env);
-        let config_dir = file
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR));
-        Settings::from_resolved(resolved, file.map(Path::to_path_buf), &config_dir)
+        Settings::from_resolved(resolved, file.map(Path::to_path_buf), config_dir)
     }
 
     fn from_resolved(

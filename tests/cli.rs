@@ -1,0 +1,146 @@
+//! The binary's behaviour as a user sees it: exit codes and the one line it prints.
+
+use std::process::{Command, Output};
+
+const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_datadog-cluster-agent"));
+    // An empty config folder keeps the machine's /etc/datadog-agent out of the test.
+    cmd.args(["-c", dir.path().to_str().unwrap()])
+        .args(args)
+        .env_clear();
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_no_panic(o: &Output) {
+    let err = stderr(o);
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = run(&["--help"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["start", "version", "config"] {
+        assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
+    }
+}
+
+#[test]
+fn start_without_api_key_fails_with_one_line() {
+    let out = run(&["start"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "Error: no API key configured: set DD_API_KEY or api_key\n"
+    );
+    assert_no_panic(&out);
+    // `start` is the default command.
+    let out = run(&[], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no API key configured"));
+}
+
+#[test]
+fn start_with_a_short_token_names_the_token_and_32() {
+    let out = run(
+        &["start"],
+        &[
+            ("DD_API_KEY", KEY),
+            ("DD_CLUSTER_AGENT_AUTH_TOKEN", "short"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cluster_agent.auth_token") && err.contains("32"),
+        "{err}"
+    );
+    assert_no_panic(&out);
+}
+
+#[test]
+fn start_with_a_malformed_value_names_the_setting() {
+    let out = run(
+        &["start"],
+        &[("DD_API_KEY", KEY), ("DD_LEADER_ELECTION", "maybe")],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("leader_election") && err.contains("DD_LEADER_ELECTION"),
+        "{err}"
+    );
+    assert_no_panic(&out);
+}
+
+#[test]
+fn config_prints_scrubbed_yaml_with_env_over_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("datadog-cluster.yaml"),
+        "site: datadoghq.eu\ncluster_agent:\n  cmd_port: 6000\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_datadog-cluster-agent"))
+        .args(["-c", dir.path().to_str().unwrap(), "config"])
+        .env_clear()
+        .env("DD_API_KEY", KEY)
+        .env("DD_CLUSTER_AGENT_CMD_PORT", "7000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(!yaml.contains(KEY), "{yaml}");
+    assert!(
+        yaml.contains("api_key: \"***************************bcdef\""),
+        "{yaml}"
+    );
+    assert!(yaml.contains("cmd_port: 7000"), "{yaml}");
+    assert!(yaml.contains("site: datadoghq.eu"), "{yaml}");
+}
+
+#[test]
+fn config_with_invalid_yaml_reports_the_position() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("datadog-cluster.yaml"), "site: [\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_datadog-cluster-agent"))
+        .args(["-c", dir.path().to_str().unwrap(), "config"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("invalid YAML") && err.contains("line"),
+        "{err}"
+    );
+    assert_no_panic(&out);
+}
+
+#[test]
+fn version_names_commit_and_compiler() {
+    let out = run(&["version"], &[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(env!("CARGO_PKG_VERSION"))
+            && text.contains("Commit:")
+            && text.contains("rustc"),
+        "{text}"
+    );
+}

@@ -217,6 +217,7 @@ pub struct Settings {
     pub hostname: Option<String>,
     pub cluster_name: Option<String>,
     pub cluster_agent: ClusterAgentSettings,
+    pub bind_host: std::net::IpAddr,
     pub kube_resources_namespace: Option<String>,
     pub kubernetes_collect_metadata_tags: bool,
     pub kubernetes_use_endpoint_slices: bool,
@@ -368,6 +369,11 @@ impl Settings {
                 token_name: r.string("cluster_agent.token_name"),
                 kubernetes_service_name: r.string("cluster_agent.kubernetes_service_name"),
             },
+            bind_host: r.typed("bind_host", |s| {
+                s.trim()
+                    .parse()
+                    .map_err(|_| format!("{s:?} is not an IP address (e.g. 0.0.0.0 or 127.0.0.1)"))
+            })?,
             kube_resources_namespace: r.opt_string("kube_resources_namespace"),
             kubernetes_collect_metadata_tags: r.bool("kubernetes_collect_metadata_tags")?,
             kubernetes_use_endpoint_slices: r.bool("kubernetes_use_endpoint_slices")?,

@@ -102,6 +102,12 @@ pub static SPECS: &[Spec] = &[
         "Port of the node-agent API (HTTPS).",
     ),
     spec(
+        "bind_host",
+        Kind::Str,
+        "0.0.0.0",
+        "Address our HTTPS servers listen on (ours: the Go DCA always uses 0.0.0.0).",
+    ),
+    spec(
         "cluster_agent.auth_token",
         Kind::Secret,
         "",

@@ -7,4 +7,5 @@ pub mod config;
 pub mod k8s;
 pub mod logging;
 pub mod shutdown;
+pub mod tls;
 pub mod version;

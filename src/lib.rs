@@ -2,8 +2,10 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod autoscaling;
 pub mod cli;
 pub mod config;
+pub mod datadog;
 pub mod k8s;
 pub mod logging;
 pub mod shutdown;

@@ -136,35 +136,11 @@ pub enum LockResource {
     Lease,
 }
 
-/// The space aggregators Datadog's query language accepts in front of a metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Aggregator {
-    Avg,
-    Sum,
-    Max,
-    Min,
-}
+pub use crate::datadog::query::Aggregator;
 
-impl Aggregator {
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        match raw.trim() {
-            "avg" => Ok(Aggregator::Avg),
-            "sum" => Ok(Aggregator::Sum),
-            "max" => Ok(Aggregator::Max),
-            "min" => Ok(Aggregator::Min),
-            _ => Err(format!(
-                "{raw:?} is not an aggregator (avg, sum, max or min)"
-            )),
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Aggregator::Avg => "avg",
-            Aggregator::Sum => "sum",
-            Aggregator::Max => "max",
-            Aggregator::Min => "min",
-        }
-    }
+fn parse_aggregator(raw: &str) -> Result<Aggregator, String> {
+    raw.parse()
+        .map_err(|_| format!("{raw:?} is not an aggregator (avg, sum, max or min)"))
 }
 
 #[derive(Debug, Clone)]
@@ -421,7 +397,7 @@ impl Settings {
                 max_time_window: r.duration("external_metrics_provider.max_time_window")?,
                 local_copy_refresh_rate: r
                     .nonzero_duration("external_metrics_provider.local_copy_refresh_rate")?,
-                aggregator: r.typed("external_metrics.aggregator", Aggregator::parse)?,
+                aggregator: r.typed("external_metrics.aggregator", parse_aggregator)?,
                 hpa_configmap_name: r.string("hpa_configmap_name"),
                 hpa_watcher_gc_period: r.nonzero_duration("hpa_watcher_gc_period")?,
             },

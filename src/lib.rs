@@ -6,6 +6,7 @@ pub mod autoscaling;
 pub mod cli;
 pub mod config;
 pub mod datadog;
+pub mod external_metrics;
 pub mod k8s;
 pub mod logging;
 pub mod shutdown;

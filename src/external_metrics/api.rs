@@ -95,6 +95,15 @@ pub enum RequestAttributes {
     },
 }
 
+/// Whether a subsystem can serve, and if not why, for `/readyz` and logs. Sent on a
+/// `tokio::sync::watch` channel by the side that knows (e.g. delegated auth).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Empty when ready; otherwise what is missing and how to fix it.
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Allow,

@@ -1,3 +1,6 @@
 //! End-to-end harness: a real Kubernetes control plane, a Datadog API double and a node-agent
 //! client, used by the scenario tests under `e2e/tests/`.
 #![forbid(unsafe_code)]
+
+pub mod datadog_double;
+pub mod node_agent;

@@ -1,0 +1,478 @@
+//! The hyper service behind the external metrics server: route → (probes skip) authenticate
+//! → authorize → answer, as Go's filter chain orders it (contract §2.3).
+//!
+//! The hot paths are the HPA's metric request and the aggregator's discovery checks every
+//! few seconds. Static documents and fixed errors are serialised once in [`ExternalMetricsService::new`];
+//! a request for them costs a route match, the auth calls and a reference-count bump.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, VARY};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use tokio::sync::watch;
+
+use crate::external_metrics::api::{
+    Authentication, Authenticator, Authorizer, Decision, MetricSource, Readiness, RequestAttributes,
+};
+use crate::external_metrics::discovery::DiscoveryDocs;
+use crate::external_metrics::negotiate::{Offer, negotiate};
+use crate::external_metrics::openapi::OpenApiDocs;
+use crate::external_metrics::routes::{self, MetricRoute, Route};
+use crate::external_metrics::selector::{self, Selector};
+use crate::external_metrics::static_doc::StaticDoc;
+use crate::external_metrics::status::{PrebuiltStatus, Status};
+use crate::external_metrics::types::encode_list;
+use crate::external_metrics::{GROUP, VERSION};
+use crate::tls::PeerIdentity;
+
+/// The response body type: every answer is one buffer.
+pub type Body = Full<Bytes>;
+
+/// What the service needs from the rest of the process.
+pub struct ServiceParts {
+    pub authenticator: Arc<dyn Authenticator>,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub source: Arc<dyn MetricSource>,
+    /// `/readyz` passes when every one of these is ready (none: always). Each subsystem
+    /// that can make serving impossible (delegated auth, the metric store) sends its own.
+    pub readiness: Vec<watch::Receiver<Readiness>>,
+}
+
+/// Requests served without a TLS layer in front (tests, or a caller that does not insert
+/// an identity) are anonymous at the TLS level.
+static ANONYMOUS_PEER: PeerIdentity = PeerIdentity::Anonymous;
+
+const JSON_OFFERS: &[Offer] = &[Offer::Json];
+/// Legacy JSON first: a client that states no preference gets the document every client
+/// understands.
+const APIS_OFFERS: &[Offer] = &[Offer::Json, Offer::DiscoveryV2, Offer::DiscoveryV2Beta1];
+const JSON_TYPES: &[&str] = &["application/json"];
+
+const NOSNIFF: HeaderName = HeaderName::from_static("x-content-type-options");
+
+#[derive(Clone)]
+pub struct ExternalMetricsService {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    authenticator: Arc<dyn Authenticator>,
+    authorizer: Arc<dyn Authorizer>,
+    source: Arc<dyn MetricSource>,
+    readiness: Vec<watch::Receiver<Readiness>>,
+    discovery: DiscoveryDocs,
+    openapi: OpenApiDocs,
+    unauthorized: PrebuiltStatus,
+    path_not_found: PrebuiltStatus,
+    method_not_allowed: PrebuiltStatus,
+    not_acceptable: PrebuiltStatus,
+}
+
+impl ExternalMetricsService {
+    pub fn new(parts: ServiceParts) -> Self {
+        ExternalMetricsService {
+            shared: Arc::new(Shared {
+                authenticator: parts.authenticator,
+                authorizer: parts.authorizer,
+                source: parts.source,
+                readiness: parts.readiness,
+                discovery: DiscoveryDocs::build(),
+                openapi: OpenApiDocs::build(),
+                unauthorized: PrebuiltStatus::new(&Status::unauthorized()),
+                path_not_found: PrebuiltStatus::new(&Status::path_not_found()),
+                method_not_allowed: PrebuiltStatus::new(&Status::method_not_allowed()),
+                not_acceptable: PrebuiltStatus::new(&Status::not_acceptable(JSON_TYPES)),
+            }),
+        }
+    }
+
+    /// Answers one request. The request body is never read: every route is a GET.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body> {
+        match hyper::service::Service::call(self, request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+
+    async fn handle_parts(&self, parts: Parts) -> Response<Body> {
+        let response = self.respond(&parts).await;
+        tracing::debug!(
+            method = %parts.method,
+            path = parts.uri.path(),
+            status = response.status().as_u16(),
+            "external metrics request"
+        );
+        response
+    }
+
+    async fn respond(&self, parts: &Parts) -> Response<Body> {
+        let shared = &*self.shared;
+        let route = routes::parse(parts.uri.path(), parts.uri.query());
+        let head = parts.method == Method::HEAD;
+        if route.is_probe() {
+            return self.probe(&route, &parts.method);
+        }
+
+        let peer = parts
+            .extensions
+            .get::<Arc<PeerIdentity>>()
+            .map_or(&ANONYMOUS_PEER, |p| p.as_ref());
+        let user = match shared
+            .authenticator
+            .authenticate(peer, &parts.headers)
+            .await
+        {
+            Authentication::User(user) => user,
+            Authentication::Rejected(reason) => {
+                tracing::debug!(%reason, path = parts.uri.path(), "authentication rejected");
+                return prebuilt(&shared.unauthorized, head);
+            }
+            Authentication::Error(error) => {
+                // The caller is not authenticated, so the backend's error stays in the log.
+                tracing::warn!(%error, "cannot authenticate request");
+                return status(&Status::internal("cannot authenticate the request"), head);
+            }
+        };
+
+        let attributes = request_attributes(&route, &parts.method, parts.uri.path());
+        match shared.authorizer.authorize(&user, &attributes).await {
+            Decision::Allow => {}
+            Decision::Deny(reason) => {
+                tracing::debug!(user = %user.name, ?attributes, %reason, "request forbidden");
+                return status(&Status::forbidden(&user.name, &attributes, &reason), head);
+            }
+            Decision::Error(error) => {
+                tracing::warn!(%error, user = %user.name, "cannot authorize request");
+                return status(
+                    &Status::internal(format!("cannot authorize the request: {error}")),
+                    head,
+                );
+            }
+        }
+
+        if matches!(route, Route::NotFound) {
+            return prebuilt(&shared.path_not_found, head);
+        }
+        if !(parts.method == Method::GET || head) {
+            return method_not_allowed(&shared.method_not_allowed, head);
+        }
+        let headers = &parts.headers;
+        let docs = &shared.discovery;
+        let openapi = &shared.openapi;
+        match route {
+            Route::Version => self.document(&docs.version, headers, head, None),
+            Route::Apis => match negotiate(headers, APIS_OFFERS) {
+                Some(offer) => {
+                    let mut response = self.document(docs.apis(offer), headers, head, None);
+                    response
+                        .headers_mut()
+                        .insert(VARY, HeaderValue::from_static("Accept"));
+                    response
+                }
+                None => prebuilt(&shared.not_acceptable, head),
+            },
+            Route::Group => self.json_document(&docs.api_group, headers, head),
+            Route::GroupVersion => self.json_document(&docs.api_resource_list, headers, head),
+            Route::OpenApiV2 => self.json_document(&openapi.v2, headers, head),
+            Route::OpenApiV3 => self.json_document(&openapi.v3_root, headers, head),
+            Route::OpenApiV3GroupVersion => {
+                if negotiate(headers, JSON_OFFERS).is_none() {
+                    return prebuilt(&shared.not_acceptable, head);
+                }
+                // A URL pinned to the current hash never changes meaning, so it may be
+                // cached for good, as Go's OpenAPI v3 handler allows.
+                let pinned = query_param(parts.uri.query(), "hash")
+                    .is_some_and(|h| h == openapi.v3_group_version.hash);
+                let cache = pinned.then(|| HeaderValue::from_static("public, immutable"));
+                self.document(&openapi.v3_group_version, headers, head, cache)
+            }
+            Route::Metric(metric) => {
+                if negotiate(headers, JSON_OFFERS).is_none() {
+                    return prebuilt(&shared.not_acceptable, head);
+                }
+                self.metric(metric, head).await
+            }
+            Route::Healthz | Route::Livez | Route::Readyz | Route::Ping => {
+                self.probe(&route, &parts.method)
+            }
+            Route::NotFound => prebuilt(&shared.path_not_found, head),
+        }
+    }
+
+    /// The metric request, once authorized.
+    async fn metric(&self, metric: MetricRoute<'_>, head: bool) -> Response<Body> {
+        let query = match metric.query {
+            Ok(query) => query,
+            Err(error) => return status(&Status::bad_request(error.to_string()), head),
+        };
+        if query.watch {
+            return status(&Status::watch_not_supported(&metric.metric), head);
+        }
+        let selector = match query.label_selector.as_deref() {
+            None | Some("") => Selector::everything(),
+            Some(raw) => match selector::parse(raw) {
+                Ok(selector) => selector,
+                Err(error) => return status(&Status::bad_request(error.to_string()), head),
+            },
+        };
+        let values = match self
+            .shared
+            .source
+            .get(&metric.namespace, &metric.metric, &selector)
+            .await
+        {
+            Ok(values) => values,
+            Err(error) => {
+                tracing::debug!(
+                    namespace = %metric.namespace,
+                    metric = %metric.metric,
+                    %error,
+                    "no value to serve"
+                );
+                return status(&Status::from(&error), head);
+            }
+        };
+        match encode_list(&values) {
+            Ok(body) => json_response(StatusCode::OK, Bytes::from(body), head),
+            Err(error) => {
+                tracing::debug!(%error, "value cannot be served");
+                status(&Status::internal(error.to_string()), head)
+            }
+        }
+    }
+
+    fn probe(&self, route: &Route<'_>, method: &Method) -> Response<Body> {
+        let head = method == Method::HEAD;
+        if !(method == Method::GET || head) {
+            return method_not_allowed(&self.shared.method_not_allowed, head);
+        }
+        match route {
+            Route::Readyz => match self.not_ready_reasons() {
+                None => text(StatusCode::OK, Bytes::from_static(b"ok"), head),
+                Some(reasons) => text(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(reasons), head),
+            },
+            _ => text(StatusCode::OK, Bytes::from_static(b"ok"), head),
+        }
+    }
+
+    /// `None` when every readiness source is ready; otherwise a body listing what is not,
+    /// one `[-]reason` line each, in the shape of Go's `/readyz` failures.
+    fn not_ready_reasons(&self) -> Option<String> {
+        let mut body: Option<String> = None;
+        for receiver in &self.shared.readiness {
+            let readiness = receiver.borrow();
+            if readiness.ready {
+                continue;
+            }
+            let body = body.get_or_insert_with(String::new);
+            body.push_str("[-]");
+            body.push_str(if readiness.reason.is_empty() {
+                "not ready"
+            } else {
+                &readiness.reason
+            });
+            body.push('\n');
+        }
+        body.map(|mut body| {
+            body.push_str("readyz check failed\n");
+            body
+        })
+    }
+
+    fn json_document(&self, doc: &StaticDoc, headers: &HeaderMap, head: bool) -> Response<Body> {
+        if negotiate(headers, JSON_OFFERS).is_none() {
+            return prebuilt(&self.shared.not_acceptable, head);
+        }
+        self.document(doc, headers, head, None)
+    }
+
+    fn document(
+        &self,
+        doc: &StaticDoc,
+        headers: &HeaderMap,
+        head: bool,
+        cache_control: Option<HeaderValue>,
+    ) -> Response<Body> {
+        let cache_control = cache_control.unwrap_or(NO_CACHE);
+        if doc.not_modified(headers) {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            let h = response.headers_mut();
+            h.insert(ETAG, doc.etag.clone());
+            h.insert(CACHE_CONTROL, cache_control);
+            return response;
+        }
+        let mut response = body_response(StatusCode::OK, doc.body.clone(), head);
+        let h = response.headers_mut();
+        h.insert(CONTENT_TYPE, doc.content_type.clone());
+        h.insert(ETAG, doc.etag.clone());
+        h.insert(CACHE_CONTROL, cache_control);
+        h.insert(NOSNIFF, HeaderValue::from_static("nosniff"));
+        response
+    }
+
+    /// The probe answer for exactly-spelled probe paths, without touching the async
+    /// machinery (kubelet probes every few seconds on every replica).
+    fn fast_probe(&self, parts: &Parts) -> Option<Response<Body>> {
+        let route = match parts.uri.path() {
+            "/healthz" => Route::Healthz,
+            "/livez" => Route::Livez,
+            "/readyz" => Route::Readyz,
+            "/healthz/ping" | "/livez/ping" | "/readyz/ping" => Route::Ping,
+            _ => return None,
+        };
+        Some(self.probe(&route, &parts.method))
+    }
+}
+
+/// Go's `WithCacheControl` default: API answers depend on who asks, so no shared cache
+/// may keep them.
+const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache, private");
+
+/// The SubjectAccessReview attributes, as Go's RequestInfo derives them (contract §2.3).
+pub fn request_attributes(route: &Route<'_>, method: &Method, raw_path: &str) -> RequestAttributes {
+    match route {
+        Route::Metric(metric) => {
+            let watch = metric.query.as_ref().is_ok_and(|q| q.watch);
+            let verb = match *method {
+                Method::GET | Method::HEAD if watch => "watch",
+                // A collection GET: there is no name after the metric.
+                Method::GET | Method::HEAD => "list",
+                Method::POST => "create",
+                Method::PUT => "update",
+                Method::PATCH => "patch",
+                Method::DELETE => "deletecollection",
+                ref other => {
+                    return resource_attributes(&other.as_str().to_ascii_lowercase(), metric);
+                }
+            };
+            resource_attributes(verb, metric)
+        }
+        _ => RequestAttributes::NonResource {
+            verb: method.as_str().to_ascii_lowercase(),
+            path: routes::decoded_path(raw_path).into_owned(),
+        },
+    }
+}
+
+fn resource_attributes(verb: &str, metric: &MetricRoute<'_>) -> RequestAttributes {
+    RequestAttributes::Resource {
+        verb: verb.to_owned(),
+        group: GROUP.to_owned(),
+        version: VERSION.to_owned(),
+        resource: metric.metric.clone().into_owned(),
+        namespace: metric.namespace.clone().into_owned(),
+    }
+}
+
+/// The first value of `name` in a query string, undecoded (`hash` values are hex).
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn body_response(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
+    if head {
+        // HEAD: the headers GET would send, Content-Length included, and no body.
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = code;
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        return response;
+    }
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = code;
+    response
+}
+
+fn json_response(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
+    let mut response = body_response(code, body, head);
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, NO_CACHE);
+    h.insert(NOSNIFF, HeaderValue::from_static("nosniff"));
+    response
+}
+
+fn text(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
+    let mut response = body_response(code, body, head);
+    let h = response.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, NO_CACHE);
+    h.insert(NOSNIFF, HeaderValue::from_static("nosniff"));
+    response
+}
+
+fn status(status: &Status, head: bool) -> Response<Body> {
+    json_response(status.code, status.to_bytes(), head)
+}
+
+fn prebuilt(status: &PrebuiltStatus, head: bool) -> Response<Body> {
+    json_response(status.code, status.body.clone(), head)
+}
+
+fn method_not_allowed(status: &PrebuiltStatus, head: bool) -> Response<Body> {
+    let mut response = prebuilt(status, head);
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+/// The service's future: ready at once for probes, boxed otherwise.
+pub struct ResponseFuture {
+    inner: FutureInner,
+}
+
+enum FutureInner {
+    Ready(Option<Response<Body>>),
+    Pending(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().inner {
+            // Polling again after completion is a caller bug; never completing is one of
+            // the behaviours `Future` allows for it.
+            FutureInner::Ready(response) => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+            FutureInner::Pending(future) => future.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for ExternalMetricsService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: Request<B>) -> ResponseFuture {
+        let (parts, _body) = request.into_parts();
+        if let Some(response) = self.fast_probe(&parts) {
+            return ResponseFuture {
+                inner: FutureInner::Ready(Some(response)),
+            };
+        }
+        let this = self.clone();
+        ResponseFuture {
+            inner: FutureInner::Pending(Box::pin(async move { this.handle_parts(parts).await })),
+        }
+    }
+}

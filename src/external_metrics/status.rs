@@ -1,0 +1,505 @@
+//! `metav1.Status` error bodies, shaped and worded like the Go apiserver's so that client-go,
+//! kubectl and the HPA controller show our errors the way they show Kubernetes' own.
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde::Serialize;
+
+use crate::external_metrics::api::{MetricError, RequestAttributes};
+use crate::external_metrics::{GROUP, RESOURCE};
+
+/// A `metav1.Status` with `status: Failure`, ready to be written as the body of the HTTP
+/// response with the same code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: StatusCode,
+    /// `metav1.StatusReason`; empty is Go's `StatusReasonUnknown` and is omitted on the wire.
+    pub reason: &'static str,
+    pub message: String,
+    /// `None` is written as no `details` key; `Some(default)` as `"details":{}`, as Go does
+    /// for errors built with an empty GroupResource.
+    pub details: Option<StatusDetails>,
+}
+
+/// `metav1.StatusDetails`; empty fields are omitted on the wire, as in Go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatusDetails {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub causes: Vec<StatusCause>,
+}
+
+/// `metav1.StatusCause`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatusCause {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub reason: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub message: String,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub field: String,
+}
+
+/// Field order is Go's (TypeMeta, ListMeta, then the struct fields in declaration order).
+#[derive(Serialize)]
+struct Wire<'a> {
+    kind: &'static str,
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    metadata: Empty,
+    status: &'static str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    message: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a StatusDetails>,
+    code: u16,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+pub const REASON_BAD_REQUEST: &str = "BadRequest";
+pub const REASON_UNAUTHORIZED: &str = "Unauthorized";
+pub const REASON_FORBIDDEN: &str = "Forbidden";
+pub const REASON_NOT_FOUND: &str = "NotFound";
+pub const REASON_METHOD_NOT_ALLOWED: &str = "MethodNotAllowed";
+pub const REASON_NOT_ACCEPTABLE: &str = "NotAcceptable";
+pub const REASON_INTERNAL_ERROR: &str = "InternalError";
+pub const REASON_SERVICE_UNAVAILABLE: &str = "ServiceUnavailable";
+
+impl Status {
+    fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+        Status {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// Go's `NewBadRequest`: used for selectors and query parameters that do not parse.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Status::new(StatusCode::BAD_REQUEST, REASON_BAD_REQUEST, message)
+    }
+
+    /// What Go's authentication filter answers whatever the cause; the cause is only logged,
+    /// so a caller probing credentials learns nothing from the body.
+    pub fn unauthorized() -> Self {
+        Status::new(
+            StatusCode::UNAUTHORIZED,
+            REASON_UNAUTHORIZED,
+            "Unauthorized",
+        )
+    }
+
+    /// Go's `responsewriters.Forbidden`: `forbiddenMessage` wrapped by `NewForbidden` with
+    /// the request's GroupResource and an empty name (a list has none).
+    pub fn forbidden(user: &str, attributes: &RequestAttributes, reason: &str) -> Self {
+        let (mut message, details) = match attributes {
+            RequestAttributes::NonResource { verb, path } => (
+                format!(
+                    "forbidden: User {} cannot {verb} path {}",
+                    go_quote(user),
+                    go_quote(path)
+                ),
+                StatusDetails::default(),
+            ),
+            RequestAttributes::Resource {
+                verb,
+                group,
+                resource,
+                namespace,
+                ..
+            } => {
+                let qualified = if group.is_empty() {
+                    resource.clone()
+                } else {
+                    format!("{resource}.{group}")
+                };
+                let scope = if namespace.is_empty() {
+                    "at the cluster scope".to_owned()
+                } else {
+                    format!("in the namespace {}", go_quote(namespace))
+                };
+                (
+                    format!(
+                        "{qualified} is forbidden: User {} cannot {verb} resource {} in API group {} {scope}",
+                        go_quote(user),
+                        go_quote(resource),
+                        go_quote(group),
+                    ),
+                    StatusDetails {
+                        group: group.clone(),
+                        kind: resource.clone(),
+                        ..StatusDetails::default()
+                    },
+                )
+            }
+        };
+        if !reason.is_empty() {
+            message.push_str(": ");
+            message.push_str(reason);
+        }
+        Status {
+            details: Some(details),
+            ..Status::new(StatusCode::FORBIDDEN, REASON_FORBIDDEN, message)
+        }
+    }
+
+    /// Go's answer for a path no handler serves (`NewGenericServerResponse(404, ...)` with an
+    /// empty GroupResource).
+    pub fn path_not_found() -> Self {
+        Status {
+            details: Some(StatusDetails::default()),
+            ..Status::new(
+                StatusCode::NOT_FOUND,
+                REASON_NOT_FOUND,
+                "the server could not find the requested resource",
+            )
+        }
+    }
+
+    /// A method other than GET/HEAD on a path we serve.
+    pub fn method_not_allowed() -> Self {
+        Status {
+            details: Some(StatusDetails::default()),
+            ..Status::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                REASON_METHOD_NOT_ALLOWED,
+                "the server does not allow this method on the requested resource",
+            )
+        }
+    }
+
+    /// Go's `NewMethodNotSupported(gr, "watch")`, which a list handler without a watcher
+    /// returns for `watch=true`.
+    pub fn watch_not_supported(metric: &str) -> Self {
+        Status {
+            details: Some(StatusDetails {
+                group: GROUP.to_owned(),
+                kind: metric.to_owned(),
+                ..StatusDetails::default()
+            }),
+            ..Status::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                REASON_METHOD_NOT_ALLOWED,
+                format!(
+                    "watch is not supported on resources of kind {}",
+                    go_quote(&format!("{metric}.{GROUP}"))
+                ),
+            )
+        }
+    }
+
+    /// apimachinery's `NewNotAcceptableError` for the media types we can write.
+    pub fn not_acceptable(offered: &[&str]) -> Self {
+        Status::new(
+            StatusCode::NOT_ACCEPTABLE,
+            REASON_NOT_ACCEPTABLE,
+            format!(
+                "only the following media types are accepted: {}",
+                offered.join(", ")
+            ),
+        )
+    }
+
+    /// Go's `NewInternalError(err)`: the message is prefixed, the bare error is the cause.
+    pub fn internal(error: impl Into<String>) -> Self {
+        let error = error.into();
+        Status {
+            code: StatusCode::INTERNAL_SERVER_ERROR,
+            reason: REASON_INTERNAL_ERROR,
+            message: format!("Internal error occurred: {error}"),
+            details: Some(StatusDetails {
+                causes: vec![StatusCause {
+                    message: error,
+                    ..StatusCause::default()
+                }],
+                ..StatusDetails::default()
+            }),
+        }
+    }
+
+    /// Go's `NewServiceUnavailable(reason)`.
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Status::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REASON_SERVICE_UNAVAILABLE,
+            message,
+        )
+    }
+
+    /// The Status a source's error becomes.
+    pub fn from_metric_error(error: &MetricError) -> Self {
+        match error {
+            MetricError::NotFound { metric, .. } => Status {
+                details: Some(StatusDetails {
+                    name: metric.clone(),
+                    group: GROUP.to_owned(),
+                    kind: RESOURCE.to_owned(),
+                    ..StatusDetails::default()
+                }),
+                ..Status::new(StatusCode::NOT_FOUND, REASON_NOT_FOUND, error.to_string())
+            },
+            MetricError::Stale { .. } | MetricError::Invalid { .. } | MetricError::Internal(_) => {
+                Status::internal(error.to_string())
+            }
+            MetricError::Unavailable(message) => Status::service_unavailable(message.clone()),
+        }
+    }
+
+    /// The JSON body.
+    pub fn to_json(&self) -> Vec<u8> {
+        let wire = Wire {
+            kind: "Status",
+            api_version: "v1",
+            metadata: Empty {},
+            status: "Failure",
+            message: &self.message,
+            reason: self.reason,
+            details: self.details.as_ref(),
+            code: self.code.as_u16(),
+        };
+        // Serialising plain strings, integers and string-keyed structs into a Vec cannot
+        // fail; the fallback keeps this total anyway.
+        serde_json::to_vec(&wire).unwrap_or_else(|_| {
+            format!(
+                r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","code":{}}}"#,
+                self.code.as_u16()
+            )
+            .into_bytes()
+        })
+    }
+
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(self.to_json())
+    }
+}
+
+impl From<&MetricError> for Status {
+    fn from(error: &MetricError) -> Self {
+        Status::from_metric_error(error)
+    }
+}
+
+/// A Status serialised once, for the errors whose body never changes.
+#[derive(Debug, Clone)]
+pub struct PrebuiltStatus {
+    pub code: StatusCode,
+    pub body: Bytes,
+}
+
+impl PrebuiltStatus {
+    pub fn new(status: &Status) -> Self {
+        PrebuiltStatus {
+            code: status.code,
+            body: status.to_bytes(),
+        }
+    }
+}
+
+/// Go's `%q` (strconv.Quote), which the apiserver's forbidden messages use: printable
+/// characters as they are, `"` and `\` escaped, control characters as Go escapes them.
+pub fn go_quote(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if c.is_control() || is_unicode_format_or_separator(c) => {
+                let code = c as u32;
+                if code <= 0xffff {
+                    let _ = write!(out, "\\u{code:04x}");
+                } else {
+                    let _ = write!(out, "\\U{code:08x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Go's `unicode.IsPrint` rejects these besides control characters; the common ones are
+/// enough for messages (a precise table would not change anything a human reads).
+fn is_unicode_format_or_separator(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}'
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(s: &Status) -> String {
+        String::from_utf8(s.to_json()).unwrap()
+    }
+
+    #[test]
+    fn bad_request_golden() {
+        assert_eq!(
+            json(&Status::bad_request(
+                "unable to parse requirement: found '', expected: identifier"
+            )),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"unable to parse requirement: found '', expected: identifier","reason":"BadRequest","code":400}"#
+        );
+    }
+
+    #[test]
+    fn unauthorized_golden() {
+        assert_eq!(
+            json(&Status::unauthorized()),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#
+        );
+    }
+
+    #[test]
+    fn forbidden_resource_golden() {
+        let attrs = RequestAttributes::Resource {
+            verb: "list".into(),
+            group: GROUP.into(),
+            version: "v1beta1".into(),
+            resource: "nginx.net.request_per_s".into(),
+            namespace: "default".into(),
+        };
+        assert_eq!(
+            json(&Status::forbidden("system:anonymous", &attrs, "")),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"nginx.net.request_per_s.external.metrics.k8s.io is forbidden: User \"system:anonymous\" cannot list resource \"nginx.net.request_per_s\" in API group \"external.metrics.k8s.io\" in the namespace \"default\"","reason":"Forbidden","details":{"group":"external.metrics.k8s.io","kind":"nginx.net.request_per_s"},"code":403}"#
+        );
+    }
+
+    #[test]
+    fn forbidden_appends_the_authorizer_reason() {
+        let attrs = RequestAttributes::Resource {
+            verb: "list".into(),
+            group: GROUP.into(),
+            version: "v1beta1".into(),
+            resource: "m".into(),
+            namespace: String::new(),
+        };
+        let s = Status::forbidden("bob", &attrs, "no RBAC policy matched");
+        assert_eq!(
+            s.message,
+            r#"m.external.metrics.k8s.io is forbidden: User "bob" cannot list resource "m" in API group "external.metrics.k8s.io" at the cluster scope: no RBAC policy matched"#
+        );
+    }
+
+    #[test]
+    fn forbidden_non_resource_golden() {
+        let attrs = RequestAttributes::NonResource {
+            verb: "get".into(),
+            path: "/apis".into(),
+        };
+        assert_eq!(
+            json(&Status::forbidden("system:anonymous", &attrs, "")),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"forbidden: User \"system:anonymous\" cannot get path \"/apis\"","reason":"Forbidden","details":{},"code":403}"#
+        );
+    }
+
+    #[test]
+    fn path_not_found_golden() {
+        assert_eq!(
+            json(&Status::path_not_found()),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#
+        );
+    }
+
+    #[test]
+    fn metric_not_found_golden() {
+        let err = MetricError::NotFound {
+            namespace: "prod".into(),
+            metric: "queue.depth".into(),
+        };
+        assert_eq!(
+            json(&Status::from(&err)),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the metric queue.depth in namespace prod","reason":"NotFound","details":{"name":"queue.depth","group":"external.metrics.k8s.io","kind":"externalmetrics"},"code":404}"#
+        );
+    }
+
+    #[test]
+    fn method_not_allowed_golden() {
+        assert_eq!(
+            json(&Status::method_not_allowed()),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server does not allow this method on the requested resource","reason":"MethodNotAllowed","details":{},"code":405}"#
+        );
+        assert_eq!(
+            json(&Status::watch_not_supported("queue.depth")),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"watch is not supported on resources of kind \"queue.depth.external.metrics.k8s.io\"","reason":"MethodNotAllowed","details":{"group":"external.metrics.k8s.io","kind":"queue.depth"},"code":405}"#
+        );
+    }
+
+    #[test]
+    fn not_acceptable_golden() {
+        assert_eq!(
+            json(&Status::not_acceptable(&["application/json"])),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"only the following media types are accepted: application/json","reason":"NotAcceptable","code":406}"#
+        );
+    }
+
+    #[test]
+    fn internal_error_golden() {
+        let err = MetricError::Invalid {
+            metric: "m".into(),
+            reason: "DatadogMetric is invalid".into(),
+        };
+        assert_eq!(
+            json(&Status::from(&err)),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Internal error occurred: metric m is invalid: DatadogMetric is invalid","reason":"InternalError","details":{"causes":[{"message":"metric m is invalid: DatadogMetric is invalid"}]},"code":500}"#
+        );
+        let stale = MetricError::Stale {
+            metric: "m".into(),
+            detail: "last point 600s old".into(),
+        };
+        let s = Status::from(&stale);
+        assert_eq!(s.code, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            s.message,
+            "Internal error occurred: the value of metric m is stale: last point 600s old"
+        );
+        let s = Status::from(&MetricError::Internal("boom".into()));
+        assert_eq!(s.reason, REASON_INTERNAL_ERROR);
+        assert_eq!(s.message, "Internal error occurred: boom");
+    }
+
+    #[test]
+    fn service_unavailable_golden() {
+        assert_eq!(
+            json(&Status::from(&MetricError::Unavailable(
+                "metric store not synced yet".into()
+            ))),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"metric store not synced yet","reason":"ServiceUnavailable","code":503}"#
+        );
+    }
+
+    #[test]
+    fn go_quote_vectors() {
+        assert_eq!(go_quote("bob"), r#""bob""#);
+        assert_eq!(go_quote(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(go_quote("a\nb\tc\u{1}"), r#""a\nb\tc\x01""#);
+        assert_eq!(go_quote("é\u{7f}"), r#""é\x7f""#);
+        assert_eq!(go_quote("\u{2028}\u{85}"), r#""\u2028\u0085""#);
+        assert_eq!(go_quote(""), r#""""#);
+    }
+}

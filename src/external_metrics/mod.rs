@@ -9,6 +9,7 @@
 //! * [`memory`]: an in-memory [`api::MetricSource`].
 
 pub mod api;
+pub mod auth;
 pub mod discovery;
 pub mod memory;
 pub mod negotiate;

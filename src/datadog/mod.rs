@@ -1,13 +1,20 @@
-//! The Datadog API: query building, batching and response evaluation (pure), and the client.
+//! The Datadog API: query building, batching and response evaluation (pure), the rate-limit
+//! budget and per-query backoff (pure), the HTTP client, and the resolver that ties them.
 
+pub mod backoff;
 pub mod batch;
+pub mod client;
 pub mod query;
+pub mod ratelimit;
+pub mod resolver;
 pub mod response;
 
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
 
+pub use client::{ClientConfig, ClientError, DatadogClient};
+pub use resolver::{DatadogResolver, DatadogTelemetry, ResolverConfig, TelemetrySnapshot};
 pub use response::QueryOutcome;
 
 /// Why a whole resolution produced nothing (per-query problems are `QueryOutcome::Invalid`).

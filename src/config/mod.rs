@@ -38,6 +38,10 @@ pub enum ConfigError {
     },
     #[error("no API key configured: set DD_API_KEY or api_key")]
     MissingApiKey,
+    #[error(
+        "external metrics need an application key to query Datadog: set DD_APP_KEY or app_key (or external_metrics_provider.app_key)"
+    )]
+    MissingAppKey,
     #[error("invalid cluster_agent.auth_token (from {origin}): {message}")]
     AuthToken { origin: Source, message: String },
 }
@@ -413,6 +417,9 @@ impl Settings {
     pub fn validate_for_start(&self) -> Result<(), ConfigError> {
         if self.api_key.is_empty() {
             return Err(ConfigError::MissingApiKey);
+        }
+        if self.external_metrics.enabled && self.external_metrics.app_key.is_empty() {
+            return Err(ConfigError::MissingAppKey);
         }
         Ok(())
     }

@@ -198,6 +198,20 @@ fn missing_api_key_is_reported_for_start_only() {
 }
 
 #[test]
+fn external_metrics_need_an_app_key() {
+    let on = ("DD_EXTERNAL_METRICS_PROVIDER_ENABLED", "true");
+    let err = load(None, &[("DD_API_KEY", KEY), on])
+        .unwrap()
+        .validate_for_start()
+        .unwrap_err();
+    assert!(err.to_string().contains("DD_APP_KEY"), "{err}");
+    for app in ["DD_APP_KEY", "DD_EXTERNAL_METRICS_PROVIDER_APP_KEY"] {
+        let s = load(None, &[("DD_API_KEY", KEY), on, (app, "appkey")]).unwrap();
+        assert!(s.validate_for_start().is_ok(), "{app}");
+    }
+}
+
+#[test]
 fn auth_token_is_validated_from_env_and_file() {
     let err = load(None, &[("DD_CLUSTER_AGENT_AUTH_TOKEN", "short")])
         .unwrap_err()

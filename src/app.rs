@@ -1,8 +1,27 @@
 //! Builds every subsystem, gates leader-only work, and owns graceful shutdown.
+//!
+//! Every long-lived task goes into one `JoinSet`. A task that ends before shutdown was asked
+//! for is a failure of the whole process: a replica that silently lost its election loop or
+//! its metrics server is worse than one that restarts.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Settings;
+use crate::external_metrics::api::Readiness;
+
+/// How long shutdown waits for subsystems to finish draining before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How often the metric source's readiness is re-evaluated for `/readyz`.
+const READINESS_POLL: Duration = Duration::from_secs(1);
+
+type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     tracing::info!(
@@ -15,7 +34,164 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let capabilities = crate::k8s::discover(&client).await?;
     let namespace = crate::k8s::resource_namespace(&settings);
     tracing::info!(?capabilities, %namespace, "connected to the Kubernetes API server");
-    shutdown.cancelled().await;
-    tracing::info!("stopped");
+
+    let mut tasks = Tasks::new();
+    // Without election the identity only labels status output, so a machine where it cannot
+    // be derived (no DD_POD_NAME, host UTS namespace) still starts.
+    let identity = if settings.leader_election.enabled {
+        crate::leader::identity()?
+    } else {
+        crate::leader::identity().unwrap_or_else(|_| "datadog-cluster-agent".to_owned())
+    };
+    let (leader, election) = crate::leader::spawn(
+        client.clone(),
+        &settings,
+        &namespace,
+        identity,
+        shutdown.clone(),
+    )?;
+    tasks.spawn(async move { ("leader election", election.await.map_err(Into::into)) });
+
+    if settings.external_metrics.enabled {
+        start_external_metrics(
+            &settings,
+            client,
+            capabilities,
+            &namespace,
+            &leader,
+            &shutdown,
+            &mut tasks,
+        )?;
+    }
+
+    let failure = supervise(&mut tasks, &shutdown).await;
+    shutdown.cancel();
+    drain(&mut tasks).await;
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+fn start_external_metrics(
+    settings: &Settings,
+    client: kube::Client,
+    capabilities: crate::k8s::ApiCapabilities,
+    namespace: &str,
+    leader: &crate::leader::LeaderHandle,
+    shutdown: &CancellationToken,
+    tasks: &mut Tasks,
+) -> anyhow::Result<()> {
+    use crate::external_metrics::auth::{AuthOptions, DelegatingAuth};
+
+    let resolver = crate::datadog::DatadogResolver::from_settings(settings)
+        .context("cannot build the Datadog client for external metrics")?;
+    let autoscaling = crate::autoscaling::spawn(
+        client.clone(),
+        &settings.external_metrics,
+        capabilities,
+        namespace,
+        Arc::new(resolver),
+        leader.subscribe(),
+        shutdown.clone(),
+    )?;
+    let source = autoscaling.source.clone();
+    tasks.spawn(async move { ("autoscaling", autoscaling.join().await.map_err(Into::into)) });
+
+    let client_ca = crate::tls::ClientCaHandle::new();
+    let auth = DelegatingAuth::new(client, client_ca.clone(), AuthOptions::default());
+    let auth_task = auth.spawn(shutdown.clone());
+    tasks.spawn(async move {
+        let result = auth_task
+            .await
+            .map_err(|e| anyhow::anyhow!("task failed: {e}"));
+        ("delegated authentication", result)
+    });
+
+    let (source_ready_tx, source_ready) = watch::channel(source.readiness());
+    let polled = source.clone();
+    let stop = shutdown.clone();
+    tasks.spawn(
+        async move {
+            let mut tick = tokio::time::interval(READINESS_POLL);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return ("metric source readiness", Ok(())),
+                    _ = tick.tick() => {
+                        source_ready_tx.send_if_modified(|current| replace_if_changed(current, polled.readiness()));
+                    }
+                }
+            }
+        }
+        .instrument(tracing::info_span!("metric_source_readiness")),
+    );
+
+    let parts = crate::external_metrics::ServiceParts {
+        authenticator: auth.clone(),
+        authorizer: auth.clone(),
+        source,
+        readiness: vec![auth.readiness(), source_ready],
+    };
+    let settings = settings.clone();
+    let stop = shutdown.clone();
+    tasks.spawn(
+        async move {
+            let result =
+                crate::external_metrics::run(&settings, Some(client_ca), parts, stop).await;
+            ("external metrics server", result.map_err(Into::into))
+        }
+        .instrument(tracing::info_span!("external_metrics_server")),
+    );
     Ok(())
+}
+
+fn replace_if_changed(current: &mut Readiness, next: Readiness) -> bool {
+    if *current == next {
+        return false;
+    }
+    *current = next;
+    true
+}
+
+/// Waits for shutdown, or for a task to end first, which is a failure.
+async fn supervise(tasks: &mut Tasks, shutdown: &CancellationToken) -> Option<anyhow::Error> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            joined = tasks.join_next() => match joined {
+                None => {
+                    shutdown.cancelled().await;
+                    return None;
+                }
+                Some(Ok((name, Ok(())))) if shutdown.is_cancelled() => {
+                    tracing::debug!(task = name, "stopped");
+                }
+                Some(Ok((name, Ok(())))) => {
+                    return Some(anyhow::anyhow!("{name} stopped unexpectedly"));
+                }
+                Some(Ok((name, Err(e)))) => {
+                    tracing::error!(task = name, error = %format!("{e:#}"), "critical task failed");
+                    return Some(e.context(format!("{name} failed")));
+                }
+                Some(Err(e)) => return Some(anyhow::anyhow!("a task panicked: {e}")),
+            }
+        }
+    }
+}
+
+async fn drain(tasks: &mut Tasks) {
+    let wait = async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((name, Err(e))) = joined {
+                tracing::warn!(task = name, error = %format!("{e:#}"), "error while stopping");
+            }
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, wait).await.is_err() {
+        tracing::warn!("some subsystems did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+        tasks.abort_all();
+    }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod datadog;
 pub mod external_metrics;
 pub mod k8s;
+pub mod leader;
 pub mod logging;
 pub mod shutdown;
 pub mod tls;

@@ -2,5 +2,9 @@
 //! client, used by the scenario tests under `e2e/tests/`.
 #![forbid(unsafe_code)]
 
+pub mod agent;
+pub mod controlplane;
 pub mod datadog_double;
 pub mod node_agent;
+pub mod process;
+pub mod test_apiserver;

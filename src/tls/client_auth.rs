@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -104,10 +105,12 @@ struct Entry {
 #[derive(Default)]
 struct BundleSet {
     entries: Vec<Entry>,
+    /// Which [`ClientCaHandle::set_bundles`] call produced this set (0: none yet).
+    generation: u64,
 }
 
 impl BundleSet {
-    /// Index of the first bundle that verifies the chain. When none does, the most specific
+    /// The first bundle that verifies the chain. When none does, the most specific
     /// error wins: "expired" from the bundle that knows the issuer says more than "unknown
     /// issuer" from the others.
     fn verify(
@@ -115,14 +118,14 @@ impl BundleSet {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Result<usize, rustls::Error> {
+    ) -> Result<&Entry, rustls::Error> {
         let mut chosen: Option<rustls::Error> = None;
-        for (index, entry) in self.entries.iter().enumerate() {
+        for entry in &self.entries {
             match entry
                 .verifier
                 .verify_client_cert(end_entity, intermediates, now)
             {
-                Ok(_) => return Ok(index),
+                Ok(_) => return Ok(entry),
                 Err(err) => {
                     let keep_old = chosen.as_ref().is_some_and(|old| !is_unknown_issuer(old));
                     if !keep_old {
@@ -146,7 +149,13 @@ fn is_unknown_issuer(err: &rustls::Error) -> bool {
 
 struct Shared {
     current: RwLock<Arc<BundleSet>>,
+    /// `current.generation`, readable without the lock: open connections compare it on
+    /// every request to learn whether their cached identity is still backed by the bundles.
+    generation: AtomicU64,
     provider: Arc<CryptoProvider>,
+    /// Chains identified so far, so tests can prove the per-request path does no crypto.
+    #[cfg(test)]
+    identifications: AtomicU64,
 }
 
 impl Shared {
@@ -188,7 +197,10 @@ impl ClientCaHandle {
         Self {
             shared: Arc::new(Shared {
                 current: RwLock::new(Arc::new(BundleSet::default())),
+                generation: AtomicU64::new(0),
                 provider: Arc::new(ring::default_provider()),
+                #[cfg(test)]
+                identifications: AtomicU64::new(0),
             }),
         }
     }
@@ -200,9 +212,11 @@ impl ClientCaHandle {
         Ok(handle)
     }
 
-    /// Replaces all bundles at once; new handshakes use them immediately, established
-    /// connections are unaffected. Order matters: a certificate is attributed to the first
-    /// bundle that verifies it, so list `requestheader-client-ca-file` before
+    /// Replaces all bundles at once. New handshakes use them immediately; on connections
+    /// already open, [`serve`](crate::tls::serve) re-identifies the peer against them at
+    /// the next request, so removing a CA also strips the certificate identity from
+    /// long-lived connections that it verified. Order matters: a certificate is attributed
+    /// to the first bundle that verifies it, so list `requestheader-client-ca-file` before
     /// `client-ca-file`, as Go's authenticator chain does. On error nothing changes.
     pub fn set_bundles(&self, bundles: impl IntoIterator<Item = CaBundle>) -> Result<(), TlsError> {
         let mut seen = HashSet::new();
@@ -226,12 +240,33 @@ impl ClientCaHandle {
         }
         let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
         tracing::info!(bundles = ?names, "client CA bundles updated");
-        *self
+        let mut current = self
             .shared
             .current
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(BundleSet { entries });
+            .unwrap_or_else(PoisonError::into_inner);
+        let generation = current.generation + 1;
+        *current = Arc::new(BundleSet {
+            entries,
+            generation,
+        });
+        // Published while the lock is still held, so concurrent swaps publish their
+        // generations in the order their sets were installed. A reader that sees this
+        // value and then takes a snapshot gets this set or a newer one.
+        self.shared.generation.store(generation, Ordering::Release);
         Ok(())
+    }
+
+    /// Counts successful [`set_bundles`](Self::set_bundles) calls: an identity computed at
+    /// the current generation is still what the bundles say.
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
+    /// How many chains were identified (verified against the bundles) so far.
+    #[cfg(test)]
+    pub(crate) fn identifications(&self) -> u64 {
+        self.shared.identifications.load(Ordering::Relaxed)
     }
 
     /// Names of the configured bundles, in order.
@@ -252,46 +287,69 @@ impl ClientCaHandle {
     }
 
     /// Identifies a peer from its certificate chain (leaf first), as returned by
-    /// `ServerConnection::peer_certificates()`.
+    /// `ServerConnection::peer_certificates()`, against the current bundles.
     ///
     /// rustls does not tell us which bundle accepted the chain during the handshake, so it is
-    /// verified again against the current bundles (a few signature checks per connection).
-    /// If the bundles changed in between and none accepts it any more, the peer is
-    /// [`PeerIdentity::Anonymous`]: it gets no certificate-based privileges.
+    /// verified again (a few signature checks). If the bundles changed in between and none
+    /// accepts it any more, the peer is [`PeerIdentity::Anonymous`]: it gets no
+    /// certificate-based privileges.
     pub fn identify(&self, chain: &[CertificateDer<'_>]) -> PeerIdentity {
         let Some((end_entity, intermediates)) = chain.split_first() else {
             return PeerIdentity::Anonymous;
         };
-        let set = self.shared.snapshot();
-        let index = match set.verify(end_entity, intermediates, UnixTime::now()) {
-            Ok(index) => index,
-            Err(err) => {
-                tracing::warn!(
-                    error = %err,
-                    "client certificate no longer chains to a configured CA bundle; treating the connection as anonymous"
-                );
-                return PeerIdentity::Anonymous;
-            }
-        };
-        let Some(entry) = set.entries.get(index) else {
-            return PeerIdentity::Anonymous;
-        };
-        match subject_names(end_entity) {
-            Ok((common_name, organizations)) => PeerIdentity::Certificate {
-                bundle: entry.name.clone(),
-                common_name,
-                organizations,
-            },
-            Err(err) => {
-                tracing::warn!(
-                    error = %err,
-                    bundle = %entry.name,
-                    "cannot read the subject of a verified client certificate; treating the connection as anonymous"
-                );
+        match self
+            .identify_at(end_entity, intermediates, UnixTime::now())
+            .1
+        {
+            Ok(identity) => identity,
+            Err(reason) => {
+                tracing::warn!(error = %reason, "treating the client as anonymous");
                 PeerIdentity::Anonymous
             }
         }
     }
+
+    /// [`identify`](Self::identify) at `now`, without logging, also returning the generation
+    /// of the bundles the answer is based on.
+    pub(crate) fn identify_at(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> (u64, Result<PeerIdentity, Unidentified>) {
+        #[cfg(test)]
+        self.shared.identifications.fetch_add(1, Ordering::Relaxed);
+        let set = self.shared.snapshot();
+        let identity = set
+            .verify(end_entity, intermediates, now)
+            .map_err(Unidentified::Unverified)
+            .and_then(|entry| {
+                let (common_name, organizations) =
+                    subject_names(end_entity).map_err(|error| Unidentified::UnreadableSubject {
+                        bundle: entry.name.clone(),
+                        error,
+                    })?;
+                Ok(PeerIdentity::Certificate {
+                    bundle: entry.name.clone(),
+                    common_name,
+                    organizations,
+                })
+            });
+        (set.generation, identity)
+    }
+}
+
+/// Why a presented client certificate earns no identity.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unidentified {
+    /// No configured bundle verifies the chain (any more), or it expired.
+    #[error("client certificate does not chain to a configured CA bundle: {0}")]
+    Unverified(rustls::Error),
+    /// Verified, but the user name cannot be read.
+    #[error(
+        "cannot read the subject of the client certificate verified by bundle {bundle:?}: {error}"
+    )]
+    UnreadableSubject { bundle: String, error: String },
 }
 
 /// Delegates chain verification to one `WebPkiClientVerifier` per bundle (rebuilt on every

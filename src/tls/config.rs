@@ -62,7 +62,9 @@ impl ServerTls {
         self.client_ca.as_ref()
     }
 
-    /// The identity a completed handshake established.
+    /// The identity a completed handshake's client chain has under the current bundles.
+    /// [`serve`](crate::tls::serve) does not stop there: it re-identifies the chain when the
+    /// bundles change while the connection is open.
     pub fn peer_identity(&self, conn: &ServerConnection) -> PeerIdentity {
         match (&self.client_ca, conn.peer_certificates()) {
             (Some(handle), Some(chain)) => handle.identify(chain),

@@ -1,9 +1,13 @@
-//! Who the client proved to be during the TLS handshake.
+//! Who the client proved to be with its TLS client certificate.
 
+use std::time::Duration;
+
+use rustls_pki_types::UnixTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The TLS-level identity of a connection, inserted into every request's extensions as
-/// `Arc<PeerIdentity>` by [`serve`](crate::tls::serve).
+/// `Arc<PeerIdentity>` by [`serve`](crate::tls::serve). It reflects the client CA bundles in
+/// force when the request arrived, not only those of the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerIdentity {
     /// No client certificate was presented (probes, bearer-token callers), or none of the
@@ -52,4 +56,11 @@ pub(crate) fn subject_names(der: &[u8]) -> Result<(String, Vec<String>), String>
         .map(str::to_owned)
         .collect();
     Ok((common_name.to_owned(), organizations))
+}
+
+/// The end of a DER certificate's validity period, or `None` if it cannot be read.
+pub(crate) fn not_after(der: &[u8]) -> Option<UnixTime> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let seconds = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(UnixTime::since_unix_epoch(Duration::from_secs(seconds)))
 }

@@ -5,7 +5,7 @@
 //!   or self-signed with rcgen.
 //! * [`ClientCaHandle`]: a client-certificate verifier that requests but never requires a
 //!   certificate, trusting several named CA bundles that can be replaced at run time.
-//! * [`PeerIdentity`]: who the client proved to be during the handshake.
+//! * [`PeerIdentity`]: who the client's certificate says it is, under the bundles in force.
 //! * [`ServerTls`] and [`serve`]: the rustls configuration and an HTTPS accept/serve loop with
 //!   graceful draining.
 //!
@@ -17,6 +17,7 @@ mod certs;
 mod client_auth;
 mod config;
 mod identity;
+mod peer;
 mod serve;
 
 #[cfg(test)]

@@ -16,7 +16,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::{PeerIdentity, ServerTls};
+use crate::tls::ServerTls;
+use crate::tls::peer::ConnectionPeer;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -82,8 +83,12 @@ pub async fn serve<S, B>(
 /// cancelled, then closes the listener, lets in-flight connections finish for at most
 /// `options.drain`, drops whatever is left and returns.
 ///
-/// Each request carries `Arc<PeerIdentity>` and [`RemoteAddr`] in its extensions. Handshake
-/// failures and connection errors are logged at debug level and only end that connection.
+/// Each request carries `Arc<PeerIdentity>` and [`RemoteAddr`] in its extensions. The
+/// identity follows [`ClientCaHandle::set_bundles`](crate::tls::ClientCaHandle::set_bundles)
+/// and certificate expiry even on a connection opened earlier, as kube's per-request chain
+/// verification does; until either changes it is reused, with no cryptography per request.
+/// Handshake failures and connection errors are logged at debug level and only end that
+/// connection.
 /// Wrap a tower service (e.g. an axum `Router`) in
 /// `hyper_util::service::TowerToHyperService` to pass it here.
 pub async fn serve_with_options<S, B>(
@@ -241,7 +246,7 @@ impl<S> Connection<S> {
         };
 
         let (_, session) = tls_stream.get_ref();
-        let peer = Arc::new(self.tls.peer_identity(session));
+        let peer = ConnectionPeer::new(self.tls.client_ca(), session.peer_certificates(), remote);
         let builder = if session.alpn_protocol() == Some(b"h2".as_slice()) {
             &self.builders.http2
         } else {
@@ -259,11 +264,11 @@ impl<S> Connection<S> {
     }
 }
 
-/// Adds the connection's identity and address to each request before the application sees
-/// it.
+/// Adds the connection's identity, as of now, and address to each request before the
+/// application sees it.
 struct WithConnectionInfo<S> {
     inner: S,
-    peer: Arc<PeerIdentity>,
+    peer: ConnectionPeer,
     remote: RemoteAddr,
 }
 
@@ -277,7 +282,7 @@ where
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let extensions = request.extensions_mut();
-        extensions.insert(Arc::clone(&self.peer));
+        extensions.insert(self.peer.current());
         extensions.insert(self.remote);
         self.inner.call(request)
     }

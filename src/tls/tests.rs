@@ -310,6 +310,64 @@ impl H1Conn {
     }
 }
 
+/// One HTTP/2 client connection, kept open so it can be reused.
+struct H2Conn {
+    sender: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+}
+
+impl H2Conn {
+    async fn open(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<Self, BoxError> {
+        let stream = tls_connect(addr, config, "localhost").await?;
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self { sender })
+    }
+
+    async fn get(&mut self, path: &str) -> Result<StatusCode, BoxError> {
+        let request = Request::get(format!("https://localhost{path}")).body(Empty::new())?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        Ok(status)
+    }
+}
+
+/// Either kind of kept-alive connection, so one scenario can run over both.
+enum KeptAlive {
+    H1(H1Conn),
+    H2(H2Conn),
+}
+
+impl KeptAlive {
+    async fn open(
+        addr: SocketAddr,
+        trusted: &[&CertificateDer<'static>],
+        identity: &Leaf,
+        http2: bool,
+    ) -> Self {
+        let alpn: &[&[u8]] = if http2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let config = client_config(trusted, Some(identity), rustls::DEFAULT_VERSIONS, alpn);
+        if http2 {
+            Self::H2(H2Conn::open(addr, config).await.unwrap())
+        } else {
+            Self::H1(H1Conn::open(addr, config).await.unwrap())
+        }
+    }
+
+    async fn get(&mut self, path: &str) {
+        let status = match self {
+            Self::H1(conn) => conn.get(path).await.unwrap().0,
+            Self::H2(conn) => conn.get(path).await.unwrap(),
+        };
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
 /// Connects, sends `GET path`, returns the body; any failure (handshake or request) is Err.
 async fn fetch(
     addr: SocketAddr,
@@ -848,20 +906,196 @@ async fn swapped_ca_bundle_applies_to_new_handshakes() {
     .unwrap_err();
     assert!(format!("{err:?}").contains("UnknownCA"), "{err:?}");
 
-    // The connection verified before the swap is left alone.
-    established.get("/").await.unwrap();
+    // The connection verified before the swap stays open, but its certificate no longer
+    // vouches for anyone.
+    let (status, _) = established.get("/").await.unwrap();
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(
-        server.next_seen().await.peer.unwrap().bundle(),
-        Some(FRONT_PROXY)
+        *server.next_seen().await.peer.unwrap(),
+        PeerIdentity::Anonymous
     );
 
-    // And re-identifying its chain now yields no certificate identity.
+    // Re-identifying its chain directly agrees.
     assert_eq!(
         handle.identify(std::slice::from_ref(&old_client.cert)),
         PeerIdentity::Anonymous
     );
     assert_eq!(handle.identify(&[]), PeerIdentity::Anonymous);
     server.stop().await;
+}
+
+/// Sends one request on `conn` and returns the identity the service saw with it.
+async fn identity_of_next_request(server: &mut Server, conn: &mut KeptAlive) -> PeerIdentity {
+    conn.get("/").await;
+    let seen = server.next_seen().await;
+    PeerIdentity::clone(&seen.peer.unwrap())
+}
+
+/// Go verifies the client chain on every request; a connection kept open across a CA
+/// rotation must not keep the removed CA's trust.
+async fn open_connection_follows_bundle_swaps(http2: bool) {
+    let server_ca = test_ca("server CA");
+    let front_proxy = test_ca("front-proxy CA");
+    let next_ca = test_ca("front-proxy CA (next)");
+    let cluster_ca = test_ca("cluster CA");
+    let handle = ClientCaHandle::with_bundles([front_proxy.bundle(FRONT_PROXY)]).unwrap();
+    let mut server = Server::start(tls_with_client_ca(&server_ca.server_leaf(), &handle)).await;
+    let client = front_proxy.client_leaf("front-proxy-client", &["aggregator"]);
+    let certified = PeerIdentity::Certificate {
+        bundle: FRONT_PROXY.to_owned(),
+        common_name: "front-proxy-client".to_owned(),
+        organizations: vec!["aggregator".to_owned()],
+    };
+    let mut conn = KeptAlive::open(server.addr, &[&server_ca.cert], &client, http2).await;
+
+    assert_eq!(
+        identity_of_next_request(&mut server, &mut conn).await,
+        certified
+    );
+    // No swap: the cached identity is reused, nothing is verified again.
+    let verified = handle.identifications();
+    for _ in 0..3 {
+        assert_eq!(
+            identity_of_next_request(&mut server, &mut conn).await,
+            certified
+        );
+    }
+    assert_eq!(handle.identifications(), verified);
+
+    // A CA added next to it (the first half of a rotation) changes nothing, and the chain
+    // is verified once for the new bundles, not per request.
+    let rotating =
+        CaBundle::from_pem(FRONT_PROXY, format!("{}{}", front_proxy.pem, next_ca.pem)).unwrap();
+    handle
+        .set_bundles([rotating, cluster_ca.bundle(CLIENT_CA)])
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            identity_of_next_request(&mut server, &mut conn).await,
+            certified
+        );
+    }
+    assert_eq!(handle.identifications(), verified + 1);
+
+    // The old CA is removed: the very next request on the same connection is anonymous.
+    handle
+        .set_bundles([next_ca.bundle(FRONT_PROXY), cluster_ca.bundle(CLIENT_CA)])
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            identity_of_next_request(&mut server, &mut conn).await,
+            PeerIdentity::Anonymous
+        );
+    }
+    assert_eq!(handle.identifications(), verified + 2);
+
+    // Trusting the CA again (e.g. a rotation rolled back) restores the identity, as
+    // per-request verification would.
+    handle
+        .set_bundles([front_proxy.bundle(FRONT_PROXY)])
+        .unwrap();
+    assert_eq!(
+        identity_of_next_request(&mut server, &mut conn).await,
+        certified
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn http1_keep_alive_connection_follows_bundle_swaps() {
+    open_connection_follows_bundle_swaps(false).await;
+}
+
+#[tokio::test]
+async fn http2_connection_follows_bundle_swaps() {
+    open_connection_follows_bundle_swaps(true).await;
+}
+
+#[tokio::test]
+async fn concurrent_http2_streams_share_one_reidentification() {
+    let server_ca = test_ca("server CA");
+    let front_proxy = test_ca("front-proxy CA");
+    let handle = ClientCaHandle::with_bundles([front_proxy.bundle(FRONT_PROXY)]).unwrap();
+    let mut server = Server::start(tls_with_client_ca(&server_ca.server_leaf(), &handle)).await;
+    let client = front_proxy.client_leaf("front-proxy-client", &[]);
+    let mut conn = KeptAlive::open(server.addr, &[&server_ca.cert], &client, true).await;
+    // With TLS 1.3 the client is done before the server has checked its certificate; one
+    // request makes sure the connection is established before the swap.
+    assert_eq!(
+        identity_of_next_request(&mut server, &mut conn)
+            .await
+            .bundle(),
+        Some(FRONT_PROXY)
+    );
+    let KeptAlive::H2(conn) = conn else {
+        unreachable!("asked for HTTP/2");
+    };
+    let before = handle.identifications();
+    handle
+        .set_bundles([test_ca("other CA").bundle(FRONT_PROXY)])
+        .unwrap();
+
+    let mut streams = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let mut conn = H2Conn {
+            sender: conn.sender.clone(),
+        };
+        streams.spawn(async move { conn.get("/slow/50").await.unwrap() });
+    }
+    while let Some(status) = streams.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    for _ in 0..8 {
+        assert_eq!(
+            *server.next_seen().await.peer.unwrap(),
+            PeerIdentity::Anonymous
+        );
+    }
+    assert_eq!(handle.identifications(), before + 1);
+    server.stop().await;
+}
+
+#[test]
+fn identity_lapses_when_a_chain_certificate_expires() {
+    install_provider();
+    let ca = test_ca("front-proxy CA");
+    let handle = ClientCaHandle::with_bundles([ca.bundle(FRONT_PROXY)]).unwrap();
+    let leaf = ca.client_leaf("front-proxy-client", &[]);
+    let expiry = crate::tls::identity::not_after(&leaf.cert).unwrap();
+    let at = |seconds: u64| {
+        move || rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(seconds))
+    };
+    let remote = SocketAddr::from((Ipv4Addr::LOCALHOST, 1));
+    let peer = crate::tls::peer::ConnectionPeer::new(
+        Some(&handle),
+        Some(std::slice::from_ref(&leaf.cert)),
+        remote,
+    );
+    let verified = handle.identifications();
+
+    assert_eq!(
+        peer.current_at(at(expiry.as_secs())).bundle(),
+        Some(FRONT_PROXY)
+    );
+    assert_eq!(handle.identifications(), verified, "still valid: cached");
+    assert_eq!(
+        *peer.current_at(at(expiry.as_secs() + 1)),
+        PeerIdentity::Anonymous
+    );
+    assert_eq!(handle.identifications(), verified + 1);
+    // Expired for good: later requests do not verify again.
+    assert_eq!(
+        *peer.current_at(at(expiry.as_secs() + 60)),
+        PeerIdentity::Anonymous
+    );
+    assert_eq!(handle.identifications(), verified + 1);
+
+    // Without a certificate there is nothing to follow.
+    let anonymous = crate::tls::peer::ConnectionPeer::new(Some(&handle), Some(&[]), remote);
+    assert_eq!(*anonymous.current(), PeerIdentity::Anonymous);
+    let unrequested =
+        crate::tls::peer::ConnectionPeer::new(None, Some(std::slice::from_ref(&leaf.cert)), remote);
+    assert_eq!(*unrequested.current(), PeerIdentity::Anonymous);
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod auth;
 pub mod discovery;
+pub mod goquote;
 pub mod memory;
 pub mod negotiate;
 pub mod openapi;

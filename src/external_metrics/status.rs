@@ -106,8 +106,8 @@ impl Status {
             RequestAttributes::NonResource { verb, path } => (
                 format!(
                     "forbidden: User {} cannot {verb} path {}",
-                    go_quote(user),
-                    go_quote(path)
+                    super::goquote::go_quote(user),
+                    super::goquote::go_quote(path)
                 ),
                 StatusDetails::default(),
             ),
@@ -126,14 +126,14 @@ impl Status {
                 let scope = if namespace.is_empty() {
                     "at the cluster scope".to_owned()
                 } else {
-                    format!("in the namespace {}", go_quote(namespace))
+                    format!("in the namespace {}", super::goquote::go_quote(namespace))
                 };
                 (
                     format!(
                         "{qualified} is forbidden: User {} cannot {verb} resource {} in API group {} {scope}",
-                        go_quote(user),
-                        go_quote(resource),
-                        go_quote(group),
+                        super::goquote::go_quote(user),
+                        super::goquote::go_quote(resource),
+                        super::goquote::go_quote(group),
                     ),
                     StatusDetails {
                         group: group.clone(),
@@ -192,7 +192,7 @@ impl Status {
                 REASON_METHOD_NOT_ALLOWED,
                 format!(
                     "watch is not supported on resources of kind {}",
-                    go_quote(&format!("{metric}.{GROUP}"))
+                    super::goquote::go_quote(&format!("{metric}.{GROUP}"))
                 ),
             )
         }
@@ -303,50 +303,6 @@ impl PrebuiltStatus {
             body: status.to_bytes(),
         }
     }
-}
-
-/// Go's `%q` (strconv.Quote), which the apiserver's forbidden messages use: printable
-/// characters as they are, `"` and `\` escaped, control characters as Go escapes them.
-pub fn go_quote(s: &str) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
-            }
-            c if c.is_control() || is_unicode_format_or_separator(c) => {
-                let code = c as u32;
-                if code <= 0xffff {
-                    let _ = write!(out, "\\u{code:04x}");
-                } else {
-                    let _ = write!(out, "\\U{code:08x}");
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Go's `unicode.IsPrint` rejects these besides control characters; the common ones are
-/// enough for messages (a precise table would not change anything a human reads).
-fn is_unicode_format_or_separator(c: char) -> bool {
-    matches!(
-        c,
-        '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}'
-    )
 }
 
 #[cfg(test)]
@@ -491,15 +447,5 @@ mod tests {
             ))),
             r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"metric store not synced yet","reason":"ServiceUnavailable","code":503}"#
         );
-    }
-
-    #[test]
-    fn go_quote_vectors() {
-        assert_eq!(go_quote("bob"), r#""bob""#);
-        assert_eq!(go_quote(r#"a"b\c"#), r#""a\"b\\c""#);
-        assert_eq!(go_quote("a\nb\tc\u{1}"), r#""a\nb\tc\x01""#);
-        assert_eq!(go_quote("é\u{7f}"), r#""é\x7f""#);
-        assert_eq!(go_quote("\u{2028}\u{85}"), r#""\u2028\u0085""#);
-        assert_eq!(go_quote(""), r#""""#);
     }
 }

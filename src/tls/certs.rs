@@ -7,6 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -294,28 +295,33 @@ impl ServerCertResolver {
         shutdown: CancellationToken,
     ) -> JoinHandle<()> {
         let this = Arc::clone(self);
-        tokio::spawn(async move {
-            if !this.is_reloadable() {
-                return;
-            }
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            // The first tick fires immediately; the files were just loaded.
-            ticker.tick().await;
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    _ = ticker.tick() => {}
+        tokio::spawn(
+            async move {
+                if !this.is_reloadable() {
+                    return;
                 }
-                let resolver = Arc::clone(&this);
-                // File reads may block (slow or remote volumes); keep them off the runtime.
-                match tokio::task::spawn_blocking(move || resolver.reload_now()).await {
-                    // Errors were already logged by reload_now, once per distinct content.
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(error = %err, "TLS certificate reload task failed"),
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                // The first tick fires immediately; the files were just loaded.
+                ticker.tick().await;
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        _ = ticker.tick() => {}
+                    }
+                    let resolver = Arc::clone(&this);
+                    // File reads may block (slow or remote volumes); keep them off the runtime.
+                    match tokio::task::spawn_blocking(move || resolver.reload_now()).await {
+                        // Errors were already logged by reload_now, once per distinct content.
+                        Ok(_) => {}
+                        Err(err) => {
+                            tracing::warn!(error = %err, "TLS certificate reload task failed")
+                        }
+                    }
                 }
             }
-        })
+            .instrument(tracing::info_span!("tls-cert-reloader")),
+        )
     }
 }
 

@@ -3,8 +3,10 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod conformance;
 pub mod controlplane;
 pub mod datadog_double;
+pub mod metrics_server;
 pub mod node_agent;
 pub mod process;
 pub mod test_apiserver;

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod agent_env;
 pub mod conformance;
 pub mod controlplane;
 pub mod datadog_double;

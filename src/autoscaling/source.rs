@@ -393,9 +393,9 @@ impl DatadogMetricSource {
             } else {
                 "this replica's copy of the metric store is not synced yet"
             };
+            let name = wanted.first().map_or(metric, |w| w.metric_name.as_str());
             return Err(MetricError::Unavailable(format!(
-                "metric {}: {why}; retry shortly",
-                wanted[0].metric_name
+                "metric {name}: {why}; retry shortly"
             )));
         }
         let limit = self.settings.staleness_limit_secs;

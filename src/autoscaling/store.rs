@@ -300,6 +300,7 @@ fn truncate(s: &str, max: usize) -> &str {
         return s;
     }
     let mut end = max;
+    // Stops at 0 at the latest, which is always a boundary.
     while !s.is_char_boundary(end) {
         end -= 1;
     }

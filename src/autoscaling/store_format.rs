@@ -410,6 +410,7 @@ fn push_go_string(out: &mut String, s: &str) {
             '\u{2028}' => out.push_str("\\u2028"),
             '\u{2029}' => out.push_str("\\u2029"),
             c if (c as u32) < 0x20 || matches!(c, '<' | '>' | '&') => {
+                // Below 0x80 here, so both nibbles index the 16-entry table.
                 let b = c as u32 as usize;
                 out.push_str("\\u00");
                 out.push(char::from(HEX[b >> 4]));

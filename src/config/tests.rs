@@ -144,6 +144,15 @@ fn malformed_values_name_the_setting_and_its_source() {
             "leader_election_default_resource",
         ),
         (&[("DD_LOG_LEVEL", "loud")], "is not a log level"),
+        // Added to the monotonic clock by the elector, where it used to overflow and panic.
+        (
+            &[("DD_LEADER_LEASE_DURATION", "18446744073709551615")],
+            "invalid value for leader_lease_duration (from DD_LEADER_LEASE_DURATION): \"18446744073709551615\" is too long a duration",
+        ),
+        (
+            &[("DD_HPA_WATCHER_GC_PERIOD", "9999999999h")],
+            "hpa_watcher_gc_period",
+        ),
         (&[("DD_HEALTH_PORT", "-1")], "invalid value for health_port"),
     ];
     for (env, want) in cases {

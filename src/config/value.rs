@@ -34,6 +34,12 @@ pub fn parse_count(raw: &str) -> Result<u64, String> {
     }
 }
 
+/// Go's largest `time.Duration` (2^63 − 1 ns), whole seconds. Go rejects longer durations;
+/// so do we, because the timers these settings feed add them to the monotonic clock, which
+/// panics on overflow (`u64::MAX` seconds does).
+const MAX_DURATION_SECS: u64 = 9_223_372_036;
+const MAX_DURATION: Duration = Duration::new(MAX_DURATION_SECS, 854_775_807);
+
 /// Integer seconds, as the Go agent's settings are documented, or a Go duration string
 /// (`1h2m3.5s`, `500ms`), which users also write.
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
@@ -44,8 +50,16 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     if s.is_empty() {
         return Err(bad());
     }
+    let too_long = || {
+        format!(
+            "{raw:?} is too long a duration (at most {MAX_DURATION_SECS} seconds, about 292 years)"
+        )
+    };
     if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+        return match Duration::from_secs(secs) {
+            d if d > MAX_DURATION => Err(too_long()),
+            d => Ok(d),
+        };
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -73,6 +87,9 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         rest = &rest[unit_end..];
         let part = Duration::try_from_secs_f64(number * unit).map_err(|_| bad())?;
         total = total.checked_add(part).ok_or_else(bad)?;
+    }
+    if total > MAX_DURATION {
+        return Err(too_long());
     }
     Ok(total)
 }
@@ -183,6 +200,27 @@ mod tests {
                 want,
                 "{raw:?}"
             );
+        }
+    }
+
+    #[test]
+    fn durations_beyond_gos_limit_are_refused() {
+        assert_eq!(
+            parse_duration("9223372036").ok(),
+            Some(Duration::from_secs(9_223_372_036))
+        );
+        assert_eq!(
+            parse_duration("2562047h47m16s").ok(),
+            Some(Duration::from_secs(9_223_372_036))
+        );
+        for raw in [
+            "9223372037",
+            "18446744073709551615",
+            "2562048h",
+            "9999999999999h",
+        ] {
+            let err = parse_duration(raw).unwrap_err();
+            assert!(err.contains("too long"), "{raw}: {err}");
         }
     }
 

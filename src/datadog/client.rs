@@ -308,6 +308,7 @@ fn excerpt(body: &[u8]) -> String {
         return text.to_owned();
     }
     let mut end = MAX_ERROR_BODY_CHARS;
+    // Stops at 0 at the latest, which is always a boundary.
     while !text.is_char_boundary(end) {
         end -= 1;
     }

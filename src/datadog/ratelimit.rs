@@ -34,6 +34,10 @@ pub const DEFAULT_PAUSE_AFTER_429: Duration = Duration::from_secs(60);
 /// Two observations whose computed window ends are this close belong to the same window:
 /// `Reset` is whole seconds and responses take time to arrive.
 const SAME_WINDOW_TOLERANCE: Duration = Duration::from_secs(2);
+/// The longest `X-RateLimit-Reset` believed. Datadog's windows last an hour; a longer one is a
+/// broken header, and trusting it would stop queries for that long (or, near `u64::MAX`,
+/// overflow the clock and panic), so it is treated as absent.
+pub const MAX_RESET: Duration = Duration::from_secs(24 * 3600);
 
 /// Header names, lower-case as `http` stores them.
 pub const HEADER_LIMIT: &str = "x-ratelimit-limit";
@@ -147,6 +151,10 @@ pub struct RateBudget {
     paused_until: Option<Instant>,
 }
 
+fn usable_reset(secs: u64) -> Option<Duration> {
+    Some(Duration::from_secs(secs)).filter(|d| *d <= MAX_RESET)
+}
+
 fn abs_diff(a: Instant, b: Instant) -> Duration {
     if a >= b { a - b } else { b - a }
 }
@@ -159,13 +167,15 @@ impl RateBudget {
     /// the lowest `Remaining` wins. An answer from an older window (its end is earlier than the
     /// one we know) is ignored; one from a later window replaces it.
     pub fn observe(&mut self, headers: &RateLimitHeaders, at: Instant) {
-        let (Some(remaining), Some(reset_secs)) = (headers.remaining, headers.reset_secs) else {
+        let (Some(remaining), Some(reset)) =
+            (headers.remaining, headers.reset_secs.and_then(usable_reset))
+        else {
             return;
         };
         let new = Window {
             limit: headers.limit,
             remaining,
-            reset_at: at + Duration::from_secs(reset_secs),
+            reset_at: at + reset,
             period_secs: headers.period_secs,
         };
         self.window = Some(match self.window {
@@ -189,9 +199,9 @@ impl RateBudget {
 
     /// Records a 429 received at `at`: no call until its window resets.
     pub fn observe_rate_limited(&mut self, headers: Option<&RateLimitHeaders>, at: Instant) {
-        let pause = match headers.and_then(|h| h.reset_secs) {
+        let pause = match headers.and_then(|h| h.reset_secs).and_then(usable_reset) {
             // A `Reset: 0` still means "now is too early": wait at least a second.
-            Some(secs) => Duration::from_secs(secs.max(1)),
+            Some(reset) => reset.max(Duration::from_secs(1)),
             None => DEFAULT_PAUSE_AFTER_429,
         };
         if let Some(h) = headers {
@@ -547,6 +557,25 @@ mod tests {
         b.observe_rate_limited(Some(&hdr(0, 30)), t0);
         b.observe_rate_limited(Some(&hdr(0, 5)), t0 + secs(1));
         assert_eq!(b.paused_for(t0 + secs(1)), Some(secs(29)));
+    }
+
+    #[test]
+    fn an_absurd_reset_is_ignored() {
+        let t0 = Instant::now();
+        let max = MAX_RESET.as_secs();
+        for reset in [max + 1, u64::MAX / 2, u64::MAX] {
+            // Used to overflow `Instant + Duration` and panic.
+            let mut b = RateBudget::default();
+            b.observe(&hdr(5, reset), t0);
+            assert_eq!(b.view(t0), None, "{reset}");
+            let mut b = RateBudget::default();
+            b.observe_rate_limited(Some(&hdr(5, reset)), t0);
+            assert_eq!(b.paused_for(t0), Some(DEFAULT_PAUSE_AFTER_429), "{reset}");
+            assert_eq!(b.view(t0).map(|v| v.reset_in_secs), Some(60), "{reset}");
+        }
+        let mut b = RateBudget::default();
+        b.observe(&hdr(5, max), t0);
+        assert_eq!(b.view(t0).map(|v| v.reset_in_secs), Some(max));
     }
 
     mod props {

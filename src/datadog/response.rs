@@ -387,17 +387,19 @@ pub fn evaluate_series<S: AsRef<str>>(
     series: &[Series],
     params: &EvalParams,
 ) -> BTreeMap<String, QueryOutcome> {
-    let mut indices = Vec::with_capacity(series.len());
+    let mut answered = Vec::with_capacity(series.len());
     for s in series {
-        match match_query_index(s, queries.len()) {
-            Ok(i) => indices.push(i),
-            Err(_) => return invalidate_all(queries, BATCH_MISMATCH_REASON),
+        let query = match_query_index(s, queries.len())
+            .ok()
+            .and_then(|i| queries.get(i));
+        match query {
+            Some(q) => answered.push(q.as_ref()),
+            None => return invalidate_all(queries, BATCH_MISMATCH_REASON),
         }
     }
 
     let mut out: BTreeMap<String, QueryOutcome> = BTreeMap::new();
-    for (s, i) in series.iter().zip(indices) {
-        let query = queries[i].as_ref();
+    for (s, query) in series.iter().zip(answered) {
         if out.contains_key(query) {
             out.insert(
                 query.to_owned(),

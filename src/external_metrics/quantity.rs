@@ -317,20 +317,18 @@ impl Quantity {
 /// `Numeric`, as in Go); leading and trailing whitespace is rejected.
 pub fn parse(s: &str) -> Result<Quantity, QuantityError> {
     let b = s.as_bytes();
-    if b.is_empty() {
-        return Err(QuantityError::FormatWrong);
-    }
     let mut pos = 0;
-    let negative = match b[0] {
-        b'-' => {
+    let negative = match b.first() {
+        None => return Err(QuantityError::FormatWrong),
+        Some(b'-') => {
             pos = 1;
             true
         }
-        b'+' => {
+        Some(b'+') => {
             pos = 1;
             false
         }
-        _ => false,
+        Some(_) => false,
     };
 
     let int_start = pos;
@@ -364,6 +362,7 @@ pub fn parse(s: &str) -> Result<Quantity, QuantityError> {
             return Err(QuantityError::FormatWrong);
         }
     }
+    // Only ASCII bytes were skipped, so `suffix_start` is on a char boundary.
     let (binary, exponent, format) =
         interpret_suffix(&s[suffix_start..]).ok_or(QuantityError::Suffix)?;
 
@@ -610,12 +609,12 @@ fn decimal_si_suffix(exponent: i64) -> Option<&'static str> {
     })
 }
 
-/// Go's `strconv.ParseInt(s, 10, 64)`.
-fn parse_go_int(s: &str) -> Option<i64> {
-    let (negative, digits) = match s.as_bytes().first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
+/// Go's `strconv.ParseInt(s, 10, 64)`: optional sign, at least one ASCII digit, no
+/// underscores, must fit in an `i64`. Also the selector's reading of `Gt`/`Lt` values.
+pub(crate) fn parse_go_int(s: &str) -> Option<i64> {
+    let (negative, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -32,6 +32,8 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::str::FromStr;
 
+use super::quantity::parse_go_int;
+
 /// Maximum length, in bytes, of a label name (the part after an optional prefix) and of a value.
 const LABEL_MAX_LEN: usize = 63;
 /// Maximum length, in bytes, of a DNS-1123 subdomain (the optional key prefix).
@@ -973,30 +975,6 @@ fn label_value_errors(value: &str) -> Vec<String> {
         ));
     }
     errs
-}
-
-/// Go's `strconv.ParseInt(s, 10, 64)`: optional sign, at least one ASCII digit,
-/// no underscores, must fit in an `i64`.
-fn parse_go_int(s: &str) -> Option<i64> {
-    let (negative, digits) = match s.as_bytes().first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let mut acc: i64 = 0;
-    for b in digits.bytes() {
-        let d = i64::from(b - b'0');
-        acc = acc.checked_mul(10)?;
-        acc = if negative {
-            acc.checked_sub(d)?
-        } else {
-            acc.checked_add(d)?
-        };
-    }
-    Some(acc)
 }
 
 /// `field.Invalid(path, value, detail).Error()` for a string bad value (Go `%q`).

@@ -218,7 +218,7 @@ fn header_list(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -228,7 +228,8 @@ mod tests {
             .collect()
     }
 
-    fn ca_pem(cn: &str) -> String {
+    /// A self-signed CA certificate named `cn`, PEM (also the watcher tests' CAs).
+    pub(in crate::external_metrics::auth) fn ca_pem(cn: &str) -> String {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params

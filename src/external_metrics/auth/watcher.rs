@@ -157,6 +157,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::external_metrics::auth::config::tests::ca_pem;
     use crate::external_metrics::auth::config::{
         CLIENT_CA_BUNDLE, KEY_ALLOWED_NAMES, KEY_CLIENT_CA, KEY_REQUESTHEADER_CA,
         REQUESTHEADER_BUNDLE,
@@ -168,16 +169,6 @@ mod tests {
     fn offline_client() -> kube::Client {
         let url = "http://127.0.0.1:9".parse().expect("url");
         kube::Client::try_from(kube::Config::new(url)).expect("client")
-    }
-
-    fn ca_pem(cn: &str) -> String {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.self_signed(&key).expect("self-signed").pem()
     }
 
     fn configmap(pairs: &[(&str, &str)]) -> ConfigMap {

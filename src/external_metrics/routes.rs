@@ -92,7 +92,7 @@ pub fn parse<'a>(path: &'a str, query: Option<&'a str>) -> Route<'a> {
     };
     let mut raw = [""; MAX_SEGMENTS + 1];
     let mut n = 0;
-    for segment in rest.split('/') {
+    for segment in split_ascii(rest, b'/') {
         if n == raw.len() {
             return Route::NotFound;
         }
@@ -159,6 +159,28 @@ fn metric_route<'a>(namespace: &'a str, metric: &'a str, query: Option<&'a str>)
     })
 }
 
+/// `s.split(char::from(sep))` for an ASCII separator, scanning bytes: every request's path
+/// and query go through it, and for such short strings `str::split`'s searcher costs more
+/// than the scan itself.
+fn split_ascii(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    debug_assert!(sep.is_ascii());
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.bytes().position(|b| b == sep) {
+            Some(i) => {
+                // An ASCII byte is a character boundary on both sides.
+                rest = Some(&current[i + 1..]);
+                Some(&current[..i])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
 fn segment_is(raw: &str, literal: &str) -> bool {
     raw == literal
         || (raw.contains('%') && decode_segment(raw).is_some_and(|decoded| decoded == literal))
@@ -184,22 +206,28 @@ pub fn is_dns1123_label(s: &str) -> bool {
 /// A metric segment as Go's `IsValidPathSegmentName` accepts it (not `.` or `..`, no `/`
 /// or `%`), minus control characters, which no metric name contains.
 fn is_valid_metric_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s != "."
-        && s != ".."
-        && !s.contains(['/', '%'])
-        && !s.chars().any(char::is_control)
+    let allowed = if s.is_ascii() {
+        // One pass over the bytes for the names every request carries.
+        s.bytes()
+            .all(|b| b != b'/' && b != b'%' && !b.is_ascii_control())
+    } else {
+        !s.contains(['/', '%']) && !s.chars().any(char::is_control)
+    };
+    !s.is_empty() && s != "." && s != ".." && allowed
 }
 
 fn parse_query(query: &str) -> Result<MetricQuery<'_>, QueryError> {
     let mut out = MetricQuery::default();
     let mut seen_selector = false;
     let mut seen_watch = false;
-    for pair in query.split('&') {
+    for pair in split_ascii(query, b'&') {
         if pair.is_empty() {
             continue;
         }
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let (key, value) = match pair.bytes().position(|b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, ""),
+        };
         // A key that does not decode cannot be one of ours.
         let Ok(key) = percent_decode(key, true) else {
             continue;
@@ -300,6 +328,19 @@ mod tests {
                 watch,
             }),
         })
+    }
+
+    #[test]
+    fn ascii_split_is_str_split() {
+        for s in [
+            "", "/", "a", "a/b", "/a/b/", "a//b", "é/€/x", "//", "a&b=c&&d",
+        ] {
+            for sep in [b'/', b'&'] {
+                let ours: Vec<&str> = split_ascii(s, sep).collect();
+                let std: Vec<&str> = s.split(char::from(sep)).collect();
+                assert_eq!(ours, std, "{s:?} on {:?}", char::from(sep));
+            }
+        }
     }
 
     #[test]
@@ -497,6 +538,15 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn ascii_split_is_str_split_everywhere(s in "[a/&é=]{0,24}|.{0,40}") {
+            for sep in [b'/', b'&'] {
+                let ours: Vec<&str> = split_ascii(&s, sep).collect();
+                let std: Vec<&str> = s.split(char::from(sep)).collect();
+                prop_assert_eq!(ours, std);
+            }
+        }
+
         #[test]
         fn parse_never_panics(path in ".{0,200}", query in proptest::option::of(".{0,200}")) {
             let _ = parse(&path, query.as_deref());

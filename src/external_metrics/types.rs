@@ -2,8 +2,6 @@
 //! Go's, nothing is built twice, and a value that cannot be a Quantity is an error instead
 //! of a number the HPA would misread.
 
-use std::fmt::Write as _;
-
 use crate::external_metrics::api::MetricValue;
 use crate::external_metrics::quantity::{self, QuantityError};
 
@@ -37,7 +35,9 @@ const LIST_SUFFIX: &str = "]}";
 /// * `window` is omitted when unknown, as Go's `omitempty` does;
 /// * `value` is the canonical Quantity string.
 pub fn encode_list(values: &[MetricValue]) -> Result<Vec<u8>, EncodeError> {
-    let mut out = String::with_capacity(LIST_PREFIX.len() + LIST_SUFFIX.len() + values.len() * 160);
+    let capacity =
+        LIST_PREFIX.len() + LIST_SUFFIX.len() + values.iter().map(item_capacity).sum::<usize>();
+    let mut out = String::with_capacity(capacity);
     out.push_str(LIST_PREFIX);
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
@@ -49,12 +49,20 @@ pub fn encode_list(values: &[MetricValue]) -> Result<Vec<u8>, EncodeError> {
     Ok(out.into_bytes())
 }
 
+/// Keys, punctuation and the longest timestamp, window and value of one item.
+const ITEM_FIXED: usize = 160;
+
+/// An item's size when nothing needs escaping, so the buffer is allocated once.
+fn item_capacity(v: &MetricValue) -> usize {
+    let labels: usize = v
+        .metric_labels
+        .iter()
+        .map(|(k, val)| k.len() + val.len() + 6)
+        .sum();
+    ITEM_FIXED + v.metric_name.len() + labels
+}
+
 fn write_item(out: &mut String, v: &MetricValue) -> Result<(), EncodeError> {
-    let value = quantity::from_f64(v.value).map_err(|source| EncodeError::Quantity {
-        metric: v.metric_name.clone(),
-        value: v.value,
-        source,
-    })?;
     out.push_str(r#"{"metricName":"#);
     write_json_string(out, &v.metric_name);
     out.push_str(r#","metricLabels":{"#);
@@ -73,14 +81,92 @@ fn write_item(out: &mut String, v: &MetricValue) -> Result<(), EncodeError> {
     })?;
     out.push('"');
     if let Some(window) = v.window_seconds {
-        // Writing into a String cannot fail.
-        let _ = write!(out, r#","window":{window}"#);
+        out.push_str(r#","window":"#);
+        push_i64(out, window);
     }
     out.push_str(r#","value":""#);
     // Canonical quantities are ASCII digits, sign, suffix letters: nothing to escape.
-    out.push_str(&value.to_canonical_string());
+    if !push_milli_quantity(out, v.value) {
+        let value = quantity::from_f64(v.value).map_err(|source| EncodeError::Quantity {
+            metric: v.metric_name.clone(),
+            value: v.value,
+            source,
+        })?;
+        out.push_str(&value.to_canonical_string());
+    }
     out.push_str("\"}");
     Ok(())
+}
+
+/// Below this magnitude two different multiples of 0.001 never round to the same float
+/// (an ulp is at most 2^-20), so a float that is the nearest to one of them has that
+/// multiple as its shortest round-trip decimal.
+const MILLI_FAST_LIMIT: f64 = 8_589_934_592.0; // 2^33
+
+/// Writes the canonical Quantity of `v` when `v` is the float nearest to a whole number of
+/// thousandths below [`MILLI_FAST_LIMIT`] in magnitude, which metric values nearly always
+/// are, and returns `true`; otherwise writes nothing and returns `false`. The same string
+/// as `quantity::from_f64(v)?.to_canonical_string()` (checked by a property test), without
+/// its exact decimal arithmetic, which dominated the cost of encoding a list.
+fn push_milli_quantity(out: &mut String, v: f64) -> bool {
+    if v.is_nan() || v.abs() >= MILLI_FAST_LIMIT {
+        return false;
+    }
+    let milli = (v * 1000.0).round();
+    if milli / 1000.0 != v {
+        return false;
+    }
+    // |milli| < 2^43: the float is an exact integer and the conversion is exact.
+    let milli = milli as i64;
+    if milli == 0 {
+        out.push('0');
+        return true;
+    }
+    // CanonicalizeBytes: integer mantissa, exponent a multiple of 3, largest suffix.
+    let mut mantissa = milli.unsigned_abs();
+    let mut suffix = 0;
+    while mantissa.is_multiple_of(1000) {
+        mantissa /= 1000;
+        suffix += 1;
+    }
+    if milli < 0 {
+        out.push('-');
+    }
+    push_u64(out, mantissa);
+    // 2^33 × 1000 < 10^13, so at most four groups of three zeros come off.
+    out.push_str(["m", "", "k", "M", "G"][suffix]);
+    true
+}
+
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // ASCII digits only.
+    out.extend(buf[i..].iter().map(|&b| char::from(b)));
+}
+
+fn push_i64(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    push_u64(out, n.unsigned_abs());
+}
+
+/// `n` (0 ≤ n < 10^width) with leading zeros.
+fn push_padded(out: &mut String, n: i64, width: u32) {
+    let mut divisor = 10i64.pow(width - 1);
+    while divisor > 0 {
+        out.push(char::from(b'0' + (n / divisor % 10) as u8));
+        divisor /= 10;
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for Unix second `ts`.
@@ -91,13 +177,18 @@ fn write_timestamp(out: &mut String, ts: i64) -> Result<(), ()> {
     let days = ts.div_euclid(86_400);
     let secs = ts.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    );
+    push_padded(out, y, 4);
+    out.push('-');
+    push_padded(out, m, 2);
+    out.push('-');
+    push_padded(out, d, 2);
+    out.push('T');
+    push_padded(out, secs / 3600, 2);
+    out.push(':');
+    push_padded(out, secs % 3600 / 60, 2);
+    out.push(':');
+    push_padded(out, secs % 60, 2);
+    out.push('Z');
     Ok(())
 }
 
@@ -125,29 +216,46 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 /// U+2029 included), so bodies are byte-identical to what a Go server would write.
 pub fn write_json_string(out: &mut String, s: &str) {
     out.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let escape: Option<&str> = match c {
-            '"' => Some("\\\""),
-            '\\' => Some("\\\\"),
-            '\n' => Some("\\n"),
-            '\r' => Some("\\r"),
-            '\t' => Some("\\t"),
-            _ => None,
+    let mut i = 0;
+    // Byte by byte: everything to escape is ASCII except U+2028/U+2029 (E2 80 A8/A9), and
+    // an escape always starts on a character boundary.
+    while i < bytes.len() {
+        let b = bytes[i];
+        let len = match b {
+            0x00..=0x1f | b'"' | b'\\' | b'<' | b'>' | b'&' => 1,
+            0xe2 if bytes.get(i + 1) == Some(&0x80)
+                && matches!(bytes.get(i + 2), Some(0xa8 | 0xa9)) =>
+            {
+                3
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
         };
-        let needs_hex =
-            escape.is_none() && (c < ' ' || matches!(c, '<' | '>' | '&' | '\u{2028}' | '\u{2029}'));
-        if escape.is_none() && !needs_hex {
-            continue;
-        }
         out.push_str(&s[start..i]);
-        match escape {
-            Some(e) => out.push_str(e),
-            None => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0xe2 => out.push_str(if bytes[i + 2] == 0xa8 {
+                "\\u2028"
+            } else {
+                "\\u2029"
+            }),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 0xf)]));
             }
         }
-        start = i + c.len_utf8();
+        i += len;
+        start = i;
     }
     out.push_str(&s[start..]);
     out.push('"');
@@ -156,6 +264,7 @@ pub fn write_json_string(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::collections::BTreeMap;
 
     fn value(
@@ -274,6 +383,103 @@ mod tests {
                 .strftime("%Y-%m-%dT%H:%M:%SZ")
                 .to_string();
             assert_eq!(s, want, "{ts}");
+        }
+    }
+
+    #[test]
+    fn common_values_take_the_fast_path() {
+        let cases = [
+            (0.0, "0"),
+            (-0.0, "0"),
+            (1.0, "1"),
+            (1.5, "1500m"),
+            (0.1, "100m"),
+            (0.001, "1m"),
+            (-2.25, "-2250m"),
+            (1500.0, "1500"),
+            (3000.0, "3k"),
+            (1_500_000.0, "1500k"),
+            (1e9, "1G"),
+            (8e9, "8G"),
+            (123.456, "123456m"),
+        ];
+        for (v, want) in cases {
+            let mut s = String::new();
+            assert!(push_milli_quantity(&mut s, v), "{v}");
+            assert_eq!(s, want, "{v}");
+        }
+    }
+
+    #[test]
+    fn other_values_take_the_exact_path() {
+        for v in [
+            0.0001,
+            0.1 + 0.2,
+            1e10,
+            -1e10,
+            f64::NAN,
+            f64::INFINITY,
+            1e-300,
+        ] {
+            let mut s = String::new();
+            assert!(!push_milli_quantity(&mut s, v), "{v}");
+            assert!(s.is_empty());
+        }
+        let item = |v| encode(&[value("m", &[], 0, None, v)]);
+        assert!(item(0.0001).contains(r#""value":"100u""#));
+        assert!(item(0.1 + 0.2).contains(r#""value":"300000001n""#));
+        assert!(item(1e10).contains(r#""value":"10G""#));
+    }
+
+    /// The character-wise escaper the byte-wise one replaced, as its reference.
+    fn reference_json_string(s: &str) -> String {
+        let mut out = String::from('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c < ' ' || matches!(c, '<' | '>' | '&' | '\u{2028}' | '\u{2029}') => {
+                    out.push_str(&format!("\\u{:04x}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    fn quantity_inputs() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>(),
+            -1e13..1e13f64,
+            -10.0..10.0f64,
+            (-(1i64 << 44)..(1i64 << 44)).prop_map(|m| m as f64 / 1000.0),
+            (-1_000_000i64..1_000_000).prop_map(|m| m as f64 / 1000.0),
+            (-9_999i64..9_999, 0u32..5).prop_map(|(m, k)| m as f64 * 1000f64.powi(k as i32)),
+            (-1_000_000i64..1_000_000).prop_map(|m| m as f64 / 10_000.0),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn fast_quantities_match_the_exact_path(v in quantity_inputs()) {
+            let mut fast = String::new();
+            if push_milli_quantity(&mut fast, v) {
+                let exact = quantity::from_f64(v).expect("in range").to_canonical_string();
+                prop_assert_eq!(fast, exact);
+            }
+        }
+
+        #[test]
+        fn json_strings_match_the_reference(
+            s in prop_oneof![any::<String>(), "[a-z<>&\"\\\\\u{2028}\u{2029}\u{1}\u{7f}é€]{0,12}"],
+        ) {
+            let mut out = String::new();
+            write_json_string(&mut out, &s);
+            prop_assert_eq!(out, reference_json_string(&s));
         }
     }
 

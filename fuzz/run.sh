@@ -7,8 +7,8 @@
 # Output (queue, crashes, hangs, fuzzer_stats) goes to fuzz/out/<target>/default; a second
 # run resumes from it (delete the directory to start over). Prints the exec count and exits
 # 1 if AFL++ saved a crash or a hang; reproduce one with
-#   cargo run --release --bin replay -- <target> fuzz/out/<target>/default/crashes
-# (from fuzz/), which needs no AFL++.
+#   fuzz/target/release/replay <target> fuzz/out/<target>/default/crashes
+# (built by this script; it runs without AFL++).
 #
 # Uses one core at low priority. Installs cargo-afl and builds AFL++ on first use.
 set -euo pipefail
@@ -39,7 +39,8 @@ fi
 # Builds AFL++ for this toolchain once; a no-op (with a message) when already built.
 cargo afl config --build >/dev/null 2>&1 || true
 
-build_args=()
+# `replay` too, so a crash can be reproduced right away without AFL++.
+build_args=(--bin replay)
 for t in "${selected[@]}"; do build_args+=(--bin "$t"); done
 nice -n 10 cargo afl build --release "${build_args[@]}"
 

@@ -1119,13 +1119,21 @@ impl ControlPlane {
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(err) => return Err(err).with_context(|| format!("creating namespace {name}")),
         }
+        // Pod admission refuses pods ("No API token found for service account") until the
+        // token controller has created the default account's token and referenced it, which
+        // happens a moment after the account itself: wait for the reference, not the account.
         let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), name);
         eventually(
-            &format!("ServiceAccount {name}/default"),
+            &format!("ServiceAccount {name}/default with its token"),
             Duration::from_secs(120),
             || {
                 let sas = sas.clone();
-                async move { Ok(sas.get_opt("default").await?.map(|_| ())) }
+                async move {
+                    let sa = sas.get_opt("default").await?;
+                    Ok(sa
+                        .filter(|sa| sa.secrets.as_ref().is_some_and(|s| !s.is_empty()))
+                        .map(|_| ()))
+                }
             },
         )
         .await
@@ -1328,10 +1336,21 @@ impl ControlPlane {
             "metadata": { "name": name, "namespace": namespace, "labels": labels },
             "spec": spec,
         }))?;
-        Api::<Pod>::namespaced(self.client.clone(), namespace)
-            .create(&PostParams::default(), &pod)
-            .await
-            .with_context(|| format!("creating Pod {namespace}/{name}"))
+        let pods = Api::<Pod>::namespaced(self.client.clone(), namespace);
+        // The apiserver answers ServerTimeout with a Retry-After while admission still waits
+        // for a controller (the service-account token); it asks to retry, so we do, bounded.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match pods.create(&PostParams::default(), &pod).await {
+                Err(kube::Error::Api(status))
+                    if status.reason == "ServerTimeout"
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => return other.with_context(|| format!("creating Pod {namespace}/{name}")),
+            }
+        }
     }
 
     /// Marks a pod Running and Ready through the status subresource, as a kubelet would.

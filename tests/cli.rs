@@ -1,6 +1,7 @@
 //! The binary's behaviour as a user sees it: exit codes and the one line it prints.
 
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 const KEY: &str = "0123456789abcdef0123456789abcdef";
 
@@ -15,6 +16,23 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
+}
+
+/// A start-up refusal is settled from the configuration alone, before any network call, so
+/// the bound of a second holds with room to spare even on a loaded machine.
+/// `RUST_BACKTRACE=full` makes any panic on the way print its backtrace, which
+/// `assert_no_panic` would see.
+fn run_refused_start(env: &[(&str, &str)]) -> Output {
+    let mut env = env.to_vec();
+    env.push(("RUST_BACKTRACE", "full"));
+    let started = Instant::now();
+    let out = run(&["start"], &env);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "start took {took:?} to refuse"
+    );
+    out
 }
 
 fn stderr(o: &Output) -> String {
@@ -41,7 +59,7 @@ fn help_lists_the_commands() {
 
 #[test]
 fn start_without_api_key_fails_with_one_line() {
-    let out = run(&["start"], &[]);
+    let out = run_refused_start(&[]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out),
@@ -56,13 +74,10 @@ fn start_without_api_key_fails_with_one_line() {
 
 #[test]
 fn start_with_a_short_token_names_the_token_and_32() {
-    let out = run(
-        &["start"],
-        &[
-            ("DD_API_KEY", KEY),
-            ("DD_CLUSTER_AGENT_AUTH_TOKEN", "short"),
-        ],
-    );
+    let out = run_refused_start(&[
+        ("DD_API_KEY", KEY),
+        ("DD_CLUSTER_AGENT_AUTH_TOKEN", "short"),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");

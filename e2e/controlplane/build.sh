@@ -3,6 +3,7 @@
 # Debian bookworm's `kubernetes` source package and caches the binaries outside the repository.
 #
 # Usage: build.sh            -> prints the binary directory as the last line of stdout
+#        source build.sh     -> defines the functions only (for tests)
 # Progress and diagnostics go to stderr so callers can read the directory from stdout.
 #
 # Environment:
@@ -75,11 +76,29 @@ link_etcd() {
   done
 }
 
+# What the stamp records for binaries built by this script: the version and the exact Debian
+# source package they came from.
+readonly STAMP_LINE="$K8S_VERSION $DEB_SRC_VERSION"
+
+# Succeeds when the cache holds every binary, built from this very K8S_VERSION and
+# DEB_SRC_VERSION (a new source version must rebuild); says why not on stderr otherwise.
 cached_binaries_ok() {
-  [[ -f $STAMP ]] || return 1
+  if [[ ! -f $STAMP ]]; then
+    log "no build stamp $STAMP"
+    return 1
+  fi
+  local recorded
+  recorded="$(<"$STAMP")"
+  if [[ $recorded != "$STAMP_LINE" ]]; then
+    log "cached binaries were built from '$recorded', this script builds '$STAMP_LINE'"
+    return 1
+  fi
   local cmd
   for cmd in "${COMMANDS[@]}"; do
-    [[ -x $BIN_DIR/$cmd ]] || return 1
+    if [[ ! -x $BIN_DIR/$cmd ]]; then
+      log "cached $cmd missing from $BIN_DIR"
+      return 1
+    fi
   done
 }
 
@@ -206,10 +225,12 @@ build_from_source() {
   [[ $version == "Kubernetes $K8S_VERSION" ]] || die "unexpected version stamp: $version"
 
   mkdir -p "$BIN_DIR"
+  # No stamp while old and new binaries may be mixed (an interrupted move rebuilds next time).
+  rm -f "$STAMP"
   for cmd in "${COMMANDS[@]}"; do
     mv -f "$staging/$cmd" "$BIN_DIR/$cmd"
   done
-  printf '%s %s\n' "$K8S_VERSION" "$DEB_SRC_VERSION" >"$STAMP"
+  printf '%s\n' "$STAMP_LINE" >"$STAMP"
 
   if [[ ${DCA_E2E_KEEP_BUILD:-0} != 1 ]]; then
     # ~1.5 GB of sources and Go build cache are not needed once the binaries exist. Go marks its
@@ -243,4 +264,7 @@ main() {
   printf '%s\n' "$BIN_DIR"
 }
 
-main "$@"
+# Sourcing the script (as its test does) defines the functions without running anything.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+  main "$@"
+fi

@@ -357,9 +357,7 @@ mod tests {
     use crate::controlplane::CertAuthority;
     use crate::process::pid_alive;
     use crate::test_apiserver::{TestApiServer, TestApiServerConfig};
-    use std::io::{BufRead, BufReader};
     use std::os::unix::process::ExitStatusExt;
-    use std::process::Stdio;
 
     fn sleeper() -> AgentSettings {
         AgentSettings {
@@ -474,8 +472,9 @@ mod tests {
 
     const CHILD_ENV: &str = "DCA_E2E_AGENT_HYGIENE_CHILD";
 
-    /// Runs this very test binary again as a "test process" that starts an agent, then kills that
-    /// process with SIGKILL, SIGTERM and SIGINT (Ctrl-C) in turn: the agent must die each time.
+    /// Runs this very test binary again as a "test process" that starts an agent, then ends that
+    /// process with SIGKILL, SIGTERM, and Ctrl-C (SIGINT to its process group, as a terminal
+    /// sends it) in turn: the agent must die each time.
     #[tokio::test]
     async fn agent_dies_with_the_test_process() {
         if std::env::var_os(CHILD_ENV).is_some() {
@@ -487,48 +486,67 @@ mod tests {
                 agent.pgid(),
                 agent.run_dir().display()
             );
-            tokio::time::sleep(Duration::from_secs(600)).await;
+            tokio::task::spawn_blocking(process::read_parent_line)
+                .await
+                .unwrap();
             return;
         }
-        let exe = std::env::current_exe().unwrap();
-        for signal in ["KILL", "TERM", "INT"] {
-            let mut child = std::process::Command::new(&exe)
-                .args([
-                    "--exact",
-                    "agent::tests::agent_dies_with_the_test_process",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_ENV, "1")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .unwrap();
-            let stdout = child.stdout.take().unwrap();
-            let (pids, run_dir) = tokio::task::spawn_blocking(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let line = line.unwrap();
-                    // libtest prints "test <name> ... " without a newline before the output.
-                    if let Some((_, rest)) = line.split_once("E2E-PIDS ") {
-                        let fields: Vec<&str> = rest.split_whitespace().collect();
-                        let pids = fields[..2]
-                            .iter()
-                            .map(|p| p.parse::<u32>().unwrap())
-                            .collect::<Vec<_>>();
-                        return (pids, PathBuf::from(fields[2]));
-                    }
-                }
-                panic!("child test process never reported its PIDs");
-            })
-            .await
+        for (signal, whole_group, number) in
+            [("KILL", false, 9), ("TERM", false, 15), ("INT", true, 2)]
+        {
+            let mut child = process::ChildTest::spawn(
+                "agent::tests::agent_dies_with_the_test_process",
+                &[(CHILD_ENV, "1")],
+            )
             .unwrap();
+            let line = child
+                .wait_for_line("E2E-PIDS ", Duration::from_secs(120))
+                .unwrap();
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let pids = fields[..2]
+                .iter()
+                .map(|p| p.parse::<u32>().unwrap())
+                .collect::<Vec<_>>();
+            let run_dir = PathBuf::from(fields[2]);
             assert!(pids.iter().all(|p| pid_alive(*p)));
-            process::send_signal(child.id(), signal).unwrap();
-            let status = child.wait().unwrap();
-            assert!(!status.success(), "child survived SIG{signal}");
+            if whole_group {
+                child.signal_group(signal).unwrap();
+            } else {
+                child.signal(signal).unwrap();
+            }
+            let status = child.wait(Duration::from_secs(60)).unwrap();
+            assert_eq!(
+                status.signal(),
+                Some(number),
+                "child after SIG{signal}: {status:?}"
+            );
             wait_dead(&pids).await;
             // The guardian also removed the run directory the dead test could not clean up.
             assert!(!run_dir.exists(), "{} was left behind", run_dir.display());
         }
+    }
+
+    /// A parent that fails before it signals its child (an assertion, a panic) drops the
+    /// handle: that kills the child's process group, and with the child gone its guardians stop
+    /// the agent it started, instead of the child holding it until its own timeout.
+    #[tokio::test]
+    async fn dropping_the_child_handle_kills_the_child_test() {
+        let child = process::ChildTest::spawn(
+            "agent::tests::agent_dies_with_the_test_process",
+            &[(CHILD_ENV, "1")],
+        )
+        .unwrap();
+        let line = child
+            .wait_for_line("E2E-PIDS ", Duration::from_secs(120))
+            .unwrap();
+        let mut pids = line
+            .split_whitespace()
+            .take(2)
+            .map(|p| p.parse::<u32>().unwrap())
+            .collect::<Vec<_>>();
+        pids.push(child.pid());
+        assert!(pids.iter().all(|p| pid_alive(*p)));
+        drop(child);
+        wait_dead(&pids).await;
     }
 }

@@ -1853,4 +1853,76 @@ mod tests {
     fn selector_joins_labels() {
         assert_eq!(selector(&labels(&[("b", "2"), ("a", "1")])), "a=1,b=2");
     }
+
+    /// Runs build.sh's `main` against a scratch cache with the build, apt and etcd steps
+    /// replaced, after `setup` (bash) prepared the cache. Returns (stdout, stderr).
+    fn build_script_main(cache: &Path, setup: &str) -> (String, String) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("controlplane/build.sh");
+        let program = format!(
+            r#"source "$1"
+ensure_packages() {{ :; }}
+link_etcd() {{ :; }}
+build_from_source() {{
+  log "FAKE BUILD"
+  for cmd in "${{COMMANDS[@]}}"; do printf '#!/bin/sh\n' >"$BIN_DIR/$cmd"; chmod +x "$BIN_DIR/$cmd"; done
+  printf '%s\n' "$STAMP_LINE" >"$STAMP"
+}}
+mkdir -p "$BIN_DIR"
+{setup}
+main"#
+        );
+        let output = Command::new("bash")
+            .arg("-c")
+            .arg(program)
+            .arg("build-test")
+            .arg(&script)
+            .env("XDG_CACHE_HOME", cache)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        (stdout, stderr)
+    }
+
+    #[test]
+    fn build_script_rebuilds_when_the_recorded_source_version_differs() {
+        let cache = tempfile::tempdir().unwrap();
+        let bin = cache.path().join("datadog-cluster-agent/k8s-v1.20.2/bin");
+        let reuse = format!("reusing cached binaries in {}", bin.display());
+        let binaries = "for cmd in \"${COMMANDS[@]}\"; do : >\"$BIN_DIR/$cmd\"; chmod +x \"$BIN_DIR/$cmd\"; done";
+
+        // Empty cache: build, then the next run reuses.
+        let (stdout, stderr) = build_script_main(cache.path(), "");
+        assert!(stderr.contains("FAKE BUILD"), "{stderr}");
+        assert_eq!(stdout.lines().last(), Some(bin.to_str().unwrap()));
+        let stamp = fs::read_to_string(bin.join(".complete")).unwrap();
+        assert_eq!(stamp, "v1.20.2 1.20.5+really1.20.2-1.1+deb12u1\n");
+        let (_, stderr) = build_script_main(cache.path(), "");
+        assert!(!stderr.contains("FAKE BUILD"), "{stderr}");
+        assert!(stderr.contains(&reuse), "{stderr}");
+
+        // Binaries built from another Debian source version: rebuild, and say why.
+        let (_, stderr) = build_script_main(
+            cache.path(),
+            &format!("{binaries}; printf 'v1.20.2 1.20.5+really1.20.2-1\\n' >\"$STAMP\""),
+        );
+        assert!(stderr.contains("FAKE BUILD"), "{stderr}");
+        assert!(
+            stderr.contains("built from 'v1.20.2 1.20.5+really1.20.2-1'"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains(&reuse), "{stderr}");
+        let (_, stderr) = build_script_main(cache.path(), "");
+        assert!(stderr.contains(&reuse), "{stderr}");
+
+        // An old-format stamp (version only) and a missing binary rebuild too.
+        for setup in [
+            format!("{binaries}; printf 'v1.20.2\\n' >\"$STAMP\""),
+            "rm -f \"$BIN_DIR/kube-scheduler\"".to_owned(),
+        ] {
+            let (_, stderr) = build_script_main(cache.path(), &setup);
+            assert!(stderr.contains("FAKE BUILD"), "{setup}: {stderr}");
+        }
+    }
 }

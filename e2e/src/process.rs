@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -388,6 +388,245 @@ pub fn describe_status(status: ExitStatus) -> String {
     }
 }
 
+/// How much of a child test's output a failure message repeats.
+const CHILD_OUTPUT_TAIL: usize = 64 * 1024;
+
+/// This test binary run again as a child "test process" running one test (`--exact`), for tests
+/// of what survives the end of a test process.
+///
+/// The child leads a process group of its own, as a shell makes a foreground job, so
+/// [`ChildTest::signal_group`] delivers a signal the way Ctrl-C on a terminal does (the
+/// harness's guardians each lead their own group and are not in it). Threads drain its stdout
+/// and stderr, so it never blocks on a full pipe, and keep them for assertions; its stdin stays
+/// open for [`ChildTest::send_line`], and closes when the handle drops.
+///
+/// Dropping the handle while the child still runs SIGKILLs the child's process group and reaps
+/// it: a parent that fails before it signals the child does not leave it (and the control
+/// plane it started) running for the rest of the test run.
+pub struct ChildTest {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout_lines: mpsc::Receiver<String>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
+    status: Option<ExitStatus>,
+}
+
+impl std::fmt::Debug for ChildTest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildTest")
+            .field("pid", &self.child.id())
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Copies `from` line by line into `into` (and into `lines` when given) until EOF.
+fn drain_lines(
+    from: impl Read + Send + 'static,
+    into: Arc<Mutex<String>>,
+    lines: Option<mpsc::Sender<String>>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut text) = into.lock() {
+                text.push_str(&line);
+                text.push('\n');
+            }
+            if let Some(lines) = &lines {
+                // The receiver is gone once the handle dropped; the text is still kept.
+                let _ = lines.send(line);
+            }
+        }
+    })
+}
+
+fn text_tail(text: &Mutex<String>) -> String {
+    let text = text.lock().map(|t| t.clone()).unwrap_or_default();
+    let mut start = text.len().saturating_sub(CHILD_OUTPUT_TAIL);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_owned()
+}
+
+impl ChildTest {
+    /// Runs test `test` of this test binary in a child process with `envs` set on top of this
+    /// process's environment.
+    pub fn spawn(test: &str, envs: &[(&str, &str)]) -> Result<Self> {
+        let exe = std::env::current_exe().context("locating this test binary")?;
+        let mut child = Command::new(&exe)
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .envs(envs.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("running {} --exact {test}", exe.display()))?;
+        let stdin = child.stdin.take();
+        let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the child test's stdout and stderr were not captured");
+        };
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (lines_tx, stdout_lines) = mpsc::channel();
+        let readers = vec![
+            drain_lines(out, stdout.clone(), Some(lines_tx)),
+            drain_lines(err, stderr.clone(), None),
+        ];
+        Ok(Self {
+            child,
+            stdin,
+            stdout_lines,
+            stdout,
+            stderr,
+            readers,
+            status: None,
+        })
+    }
+
+    /// The child's PID, which is also its process group id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Blocks until the child prints a stdout line containing `marker` and returns what follows
+    /// the marker on that line. (libtest prints `test <name> ... ` without a newline before the
+    /// test's own output, so the marker need not start the line.)
+    pub fn wait_for_line(&self, marker: &str, deadline: Duration) -> Result<String> {
+        let end = Instant::now() + deadline;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.stdout_lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some((_, rest)) = line.split_once(marker) {
+                        return Ok(rest.to_owned());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+                    "the child test printed no {marker:?} line within {deadline:?}; stderr:\n{}",
+                    self.stderr()
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
+                    "the child test closed its stdout without printing {marker:?}; stderr:\n{}",
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Writes one line to the child's stdin.
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        use std::io::Write as _;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("the child test's stdin is closed"))?;
+        writeln!(stdin, "{line}").context("writing to the child test's stdin")?;
+        stdin.flush().context("flushing the child test's stdin")
+    }
+
+    /// Sends `signal` to the child process alone.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        send_signal(self.child.id(), signal)
+    }
+
+    /// Sends `signal` to the child's whole process group, as a terminal sends Ctrl-C (SIGINT)
+    /// to its foreground job.
+    pub fn signal_group(&self, signal: &str) -> Result<()> {
+        signal_group(self.child.id(), signal)
+    }
+
+    /// Waits up to `deadline` for the child to exit and reaps it.
+    pub fn wait(&mut self, deadline: Duration) -> Result<ExitStatus> {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.status {
+                return Ok(status);
+            }
+            self.status = self
+                .child
+                .try_wait()
+                .context("waiting for the child test")?;
+            if self.status.is_none() {
+                if Instant::now() >= end {
+                    bail!(
+                        "the child test (pid {}) did not exit within {deadline:?}",
+                        self.child.id()
+                    );
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Waits up to `deadline` until both output pipes are closed, that is until the child and
+    /// every process that inherited them (the harness's guardians inherit stderr) are gone, so
+    /// that [`ChildTest::stdout`] and [`ChildTest::stderr`] are complete.
+    pub fn wait_output_closed(&mut self, deadline: Duration) -> Result<()> {
+        let end = Instant::now() + deadline;
+        while !self.readers.iter().all(thread::JoinHandle::is_finished) {
+            if Instant::now() >= end {
+                bail!("the child test's output pipes were still open after {deadline:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        for reader in self.readers.drain(..) {
+            reader
+                .join()
+                .map_err(|_| anyhow!("an output reader thread panicked"))?;
+        }
+        Ok(())
+    }
+
+    /// The child's stdout so far (its last 64 KiB).
+    pub fn stdout(&self) -> String {
+        text_tail(&self.stdout)
+    }
+
+    /// The child's stderr so far (its last 64 KiB).
+    pub fn stderr(&self) -> String {
+        text_tail(&self.stderr)
+    }
+}
+
+impl Drop for ChildTest {
+    fn drop(&mut self) {
+        self.stdin.take();
+        if self.status.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+            // Not reaped yet, so the group id cannot have been reused.
+            if let Err(err) = signal_group(self.child.id(), "KILL") {
+                eprintln!("e2e harness: killing child test group: {err:#}");
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "===== child test (pid {}) stdout =====\n{}\n===== its stderr =====\n{}\n===== end of child test output =====",
+                self.child.id(),
+                self.stdout(),
+                self.stderr()
+            );
+        }
+    }
+}
+
+/// In a child test: blocks until the parent writes a line (returned without its newline) or
+/// closes the pipe (`None`: the parent is gone, time to clean up and end).
+pub fn read_parent_line() -> Option<String> {
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(line.trim_end().to_owned()),
+    }
+}
+
 /// Ports handed out by [`free_port`] in this process, so two harness objects never get the same.
 static HANDED_OUT: LazyLock<Mutex<HashSet<u16>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
 
@@ -410,10 +649,31 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// A TCP socket in LISTEN state, from /proc/net/tcp{,6}.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListeningSocket {
     pub addr: SocketAddr,
     pub inode: u64,
+}
+
+/// `127.0.0.1:6443#123456`: how a child test process reports its sockets to its parent.
+impl std::fmt::Display for ListeningSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.addr, self.inode)
+    }
+}
+
+impl std::str::FromStr for ListeningSocket {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (addr, inode) = s
+            .rsplit_once('#')
+            .ok_or_else(|| anyhow!("{s:?} is not <address>#<inode>"))?;
+        Ok(Self {
+            addr: addr.parse().with_context(|| format!("address in {s:?}"))?,
+            inode: inode.parse().with_context(|| format!("inode in {s:?}"))?,
+        })
+    }
 }
 
 /// Every TCP socket on this machine (in this network namespace) that is listening.
@@ -466,13 +726,13 @@ fn parse_hex_socket_addr(text: &str, v6: bool) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// The listening sockets that belong to `pid` (matched through its socket file descriptors).
-pub fn listening_sockets_of(pid: u32) -> Result<Vec<SocketAddr>> {
+/// The socket inodes among the open file descriptors of `pid` (empty once it has exited).
+fn socket_inodes_of(pid: u32) -> Result<HashSet<u64>> {
     let mut inodes = HashSet::new();
     let fd_dir = format!("/proc/{pid}/fd");
     let entries = match fs::read_dir(&fd_dir) {
         Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(inodes),
         Err(err) => return Err(err).with_context(|| format!("listing {fd_dir}")),
     };
     for entry in entries.flatten() {
@@ -486,16 +746,50 @@ pub fn listening_sockets_of(pid: u32) -> Result<Vec<SocketAddr>> {
             inodes.insert(inode);
         }
     }
+    Ok(inodes)
+}
+
+/// The listening sockets that belong to `pid` (matched through its socket file descriptors),
+/// with their inodes, which identify each socket for as long as any process holds it.
+pub fn listeners_of(pid: u32) -> Result<Vec<ListeningSocket>> {
+    let inodes = socket_inodes_of(pid)?;
     Ok(listening_sockets()?
         .into_iter()
         .filter(|s| inodes.contains(&s.inode))
-        .map(|s| s.addr)
         .collect())
 }
 
-/// Whether anything on this machine listens on TCP `port` (any address).
-pub fn port_listening(port: u16) -> Result<bool> {
-    Ok(listening_sockets()?.iter().any(|s| s.addr.port() == port))
+/// The listening addresses of `pid`.
+pub fn listening_sockets_of(pid: u32) -> Result<Vec<SocketAddr>> {
+    Ok(listeners_of(pid)?.into_iter().map(|s| s.addr).collect())
+}
+
+/// Which of `sockets` are still listening: the same socket (same inode, same address), held
+/// by whatever process. A new listener that another test opened on a freed port is a different
+/// socket with a different inode and does not count.
+pub fn still_listening(sockets: &[ListeningSocket]) -> Result<Vec<ListeningSocket>> {
+    let now: HashSet<ListeningSocket> = listening_sockets()?.into_iter().collect();
+    Ok(sockets
+        .iter()
+        .copied()
+        .filter(|s| now.contains(s))
+        .collect())
+}
+
+/// The live processes holding a file descriptor on socket `inode`, for failure messages.
+pub fn socket_owners(inode: u64) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            socket_inodes_of(*pid)
+                .map(|inodes| inodes.contains(&inode))
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 /// The last `max_bytes` of a log file, for failure messages.
@@ -583,6 +877,30 @@ mod tests {
         assert_eq!(status.signal(), Some(9), "{}", describe_status(status));
         // bash's `sleep` children are in the group too; shutdown must leave nothing behind.
         group.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_listener_is_identified_by_its_inode_not_its_port() {
+        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = first.local_addr().unwrap();
+        let mine = listeners_of(std::process::id()).unwrap();
+        let old = *mine.iter().find(|s| s.addr == addr).unwrap();
+        assert_eq!(old.to_string().parse::<ListeningSocket>().unwrap(), old);
+        assert_eq!(still_listening(&[old]).unwrap(), vec![old]);
+        assert_eq!(socket_owners(old.inode), vec![std::process::id()]);
+        drop(first);
+        // Someone else (here: us again) listens on the freed port: not a survivor of `old`.
+        let second = TcpListener::bind(addr).unwrap();
+        let new = *listening_sockets()
+            .unwrap()
+            .iter()
+            .find(|s| s.addr == addr)
+            .unwrap();
+        assert_ne!(new.inode, old.inode);
+        assert_eq!(still_listening(&[old]).unwrap(), Vec::new());
+        assert_eq!(still_listening(&[new]).unwrap(), vec![new]);
+        drop(second);
+        assert_eq!(still_listening(&[new]).unwrap(), Vec::new());
     }
 
     #[test]

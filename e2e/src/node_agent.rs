@@ -99,6 +99,9 @@ pub enum NodeAgentError {
     /// The bulk pod-tags answer did not contain the node (Go's `GetPodsMetadataForNode`).
     #[error("cluster agent didn't return pods metadata for node: {0}")]
     MissingNode(String),
+    /// `/version` answered 0.0.0, which the Go agent treats as "not initialised".
+    #[error("the cluster agent reported version 0.0.0")]
+    UnsetVersion,
 }
 
 impl NodeAgentError {
@@ -418,6 +421,20 @@ impl NodeAgentClient {
         self.get_json("version").await
     }
 
+    /// The Go agent's init: `GET /version`, after which the version gates decide which calls
+    /// the session makes. A 0.0.0 answer is refused, as Go refuses to use an uninitialised
+    /// client.
+    pub async fn handshake(self) -> Result<NodeAgentSession, NodeAgentError> {
+        let version = self.version().await?;
+        if version.is_unset() {
+            return Err(NodeAgentError::UnsetVersion);
+        }
+        Ok(NodeAgentSession {
+            client: self,
+            version,
+        })
+    }
+
     /// `GET /api/v1/tags/pod/{node}`, the whole answer (nodes, warnings, errors).
     pub async fn pod_tags_for_node(&self, node: &str) -> Result<MetadataResponse, NodeAgentError> {
         self.get_json(&format!("api/v1/tags/pod/{node}")).await
@@ -603,6 +620,83 @@ impl NodeAgentClient {
     }
 }
 
+/// A client after its `/version` handshake: it makes the calls the Go node agent makes for the
+/// version the DCA reported (dca-contract §1.5, version gates), so an e2e test sees which
+/// routes a real agent would hit against our DCA.
+#[derive(Debug)]
+pub struct NodeAgentSession {
+    client: NodeAgentClient,
+    version: DcaVersion,
+}
+
+/// A pod as the kube_metadata collector knows it: namespace and name.
+pub type PodRef<'a> = (&'a str, &'a str);
+
+impl NodeAgentSession {
+    pub fn version(&self) -> &DcaVersion {
+        &self.version
+    }
+
+    /// The calls that need no gate.
+    pub fn client(&self) -> &NodeAgentClient {
+        &self.client
+    }
+
+    /// The service names of `pods` on `node`, as the kube_metadata collector gets them: one bulk
+    /// `GET /api/v1/tags/pod/{node}` when the DCA is >= 1.3, else one
+    /// `GET /api/v1/tags/pod/{node}/{ns}/{pod}` per pod, whose `kube_service:x` strings are split
+    /// on `:` like the collector does. Pods the DCA knows nothing of map to no service.
+    pub async fn pod_services(
+        &self,
+        node: &str,
+        pods: &[PodRef<'_>],
+    ) -> Result<BTreeMap<(String, String), Vec<String>>, NodeAgentError> {
+        let mut out = BTreeMap::new();
+        if self.version.uses_bulk_pod_tags() {
+            let bulk = self.client.pods_metadata_for_node(node).await?;
+            for &(namespace, pod) in pods {
+                let services = bulk
+                    .get(namespace)
+                    .and_then(|pods| pods.get(pod))
+                    .map(|set| set.keys().cloned().collect())
+                    .unwrap_or_default();
+                out.insert((namespace.to_owned(), pod.to_owned()), services);
+            }
+        } else {
+            for &(namespace, pod) in pods {
+                let tags = self.client.pod_tags(node, namespace, pod).await?;
+                let services = tags
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|tag| service_of_tag(tag).to_owned())
+                    .collect();
+                out.insert((namespace.to_owned(), pod.to_owned()), services);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A namespace's metadata: `GET /api/v1/metadata/namespace/{ns}` (labels and annotations)
+    /// when the DCA is >= 7.55, else `GET /api/v1/tags/namespace/{ns}` (labels only).
+    pub async fn namespace(&self, namespace: &str) -> Result<NamespaceMetadata, NodeAgentError> {
+        if self.version.supports_namespace_metadata() {
+            self.client.namespace_metadata(namespace).await
+        } else {
+            Ok(NamespaceMetadata {
+                name: namespace.to_owned(),
+                namespace: String::new(),
+                annotations: BTreeMap::new(),
+                labels: self.client.namespace_labels(namespace).await?,
+            })
+        }
+    }
+}
+
+/// `kube_service:x` → `x`; a plain name stays as it is (the collector accepts both).
+fn service_of_tag(tag: &str) -> &str {
+    tag.split_once(':').map_or(tag, |(_, service)| service)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,6 +706,18 @@ mod tests {
             major,
             minor,
             ..DcaVersion::default()
+        }
+    }
+
+    #[test]
+    fn service_names_are_split_from_their_tags() {
+        for (tag, service) in [
+            ("kube_service:svc1", "svc1"),
+            ("svc1", "svc1"),
+            ("kube_service:", ""),
+            ("kube_service:a:b", "a:b"),
+        ] {
+            assert_eq!(service_of_tag(tag), service, "{tag}");
         }
     }
 

@@ -73,6 +73,7 @@ async fn answer(
     path: &str,
     auth: Option<&str>,
     body: &[u8],
+    version: &'static str,
 ) -> Response<Full<Bytes>> {
     let json = |s: &'static str| reply(StatusCode::OK, "application/json", s);
     if auth != Some(&format!("Bearer {TOKEN}")) {
@@ -83,9 +84,7 @@ async fn answer(
         );
     }
     match (method, path) {
-        ("GET", "/version") => json(
-            r#"{"Major":7,"Minor":62,"Patch":1,"Pre":"rc.1","Meta":"git.1","Commit":"abc123"}"#,
-        ),
+        ("GET", "/version") => json(version),
         ("GET", "/api/v1/tags/pod/node1") => json(
             r#"{"Nodes":{"node1":{"services":{"default":{"pod-a":{"svc1":{},"svc2":{}}},"kube-system":{"dns-1":{"kube-dns":{}}}}}}}"#,
         ),
@@ -143,7 +142,15 @@ async fn answer(
     }
 }
 
+const VERSION_7_62: &str =
+    r#"{"Major":7,"Minor":62,"Patch":1,"Pre":"rc.1","Meta":"git.1","Commit":"abc123"}"#;
+
 async fn start_stub() -> Stub {
+    start_stub_reporting(VERSION_7_62).await
+}
+
+/// A stub whose `/version` answers `version`.
+async fn start_stub_reporting(version: &'static str) -> Stub {
     let certified =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
             .expect("self-signed cert");
@@ -209,6 +216,7 @@ async fn start_stub() -> Stub {
                                 parts.uri.path(),
                                 auth.as_deref(),
                                 &body,
+                                version,
                             )
                             .await,
                         )
@@ -454,4 +462,96 @@ async fn a_stalled_dca_times_out() {
         nobody.version().await,
         Err(NodeAgentError::Transport { .. })
     ));
+}
+
+fn paths(stub: &Stub) -> Vec<String> {
+    stub.seen().into_iter().map(|s| s.path).collect()
+}
+
+/// After `/version`, the session makes the calls the Go agent makes for that version: bulk pod
+/// tags from 1.3, one call per pod before; namespace metadata from 7.55, namespace tags before.
+#[tokio::test]
+async fn the_version_handshake_chooses_the_calls() {
+    setup();
+    let pods = [("default", "pod-a"), ("default", "unknown")];
+    let expected_services = |with_unknown: bool| {
+        let mut m = std::collections::BTreeMap::new();
+        m.insert(
+            ("default".to_owned(), "pod-a".to_owned()),
+            vec!["svc1".to_owned(), "svc2".to_owned()],
+        );
+        if with_unknown {
+            m.insert(("default".to_owned(), "unknown".to_owned()), Vec::new());
+        }
+        m
+    };
+    let cases: [(&'static str, &[&str], &[&str], bool); 3] = [
+        (
+            VERSION_7_62,
+            &["/version", "/api/v1/tags/pod/node1"],
+            &["/api/v1/metadata/namespace/default"],
+            true,
+        ),
+        (
+            r#"{"Major":7,"Minor":54,"Patch":0,"Pre":"","Meta":"","Commit":""}"#,
+            &["/version", "/api/v1/tags/pod/node1"],
+            &["/api/v1/tags/namespace/default"],
+            false,
+        ),
+        (
+            r#"{"Major":1,"Minor":2,"Patch":0,"Pre":"","Meta":"","Commit":""}"#,
+            &[
+                "/version",
+                "/api/v1/tags/pod/node1/default/pod-a",
+                "/api/v1/tags/pod/node1/default/unknown",
+            ],
+            &["/api/v1/tags/namespace/default"],
+            false,
+        ),
+    ];
+    for (version, pod_calls, namespace_calls, namespace_annotations) in cases {
+        let stub = start_stub_reporting(version).await;
+        let session = NodeAgentClient::new(&stub.url(), TOKEN)
+            .expect("client")
+            .handshake()
+            .await
+            .expect("handshake");
+        let services = session.pod_services("node1", &pods).await.expect("pods");
+        assert_eq!(services, expected_services(true), "{version}");
+        assert_eq!(paths(&stub), pod_calls, "{version}");
+
+        let namespace = session.namespace("default").await.expect("namespace");
+        assert_eq!(namespace.name, "default", "{version}");
+        assert_eq!(
+            namespace.labels.get("team").map(String::as_str),
+            Some("a"),
+            "{version}"
+        );
+        assert_eq!(
+            namespace.annotations.contains_key("owner"),
+            namespace_annotations,
+            "{version}"
+        );
+        assert_eq!(
+            paths(&stub)[pod_calls.len()..],
+            namespace_calls[..],
+            "{version}"
+        );
+    }
+}
+
+/// 0.0.0 is the Go agent's "not initialised": no session is built on it.
+#[tokio::test]
+async fn a_zero_version_fails_the_handshake() {
+    setup();
+    let stub =
+        start_stub_reporting(r#"{"Major":0,"Minor":0,"Patch":0,"Pre":"","Meta":"","Commit":""}"#)
+            .await;
+    let err = NodeAgentClient::new(&stub.url(), TOKEN)
+        .expect("client")
+        .handshake()
+        .await
+        .expect_err("0.0.0 accepted");
+    assert!(matches!(err, NodeAgentError::UnsetVersion), "{err:?}");
+    assert_eq!(paths(&stub), ["/version"]);
 }

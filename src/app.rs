@@ -50,7 +50,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         identity,
         shutdown.clone(),
     )?;
-    tasks.spawn(async move { ("leader election", election.await.map_err(Into::into)) });
+    tasks.spawn(
+        async move { ("leader election", election.await.map_err(Into::into)) }
+            .instrument(tracing::info_span!("leader_election_supervisor")),
+    );
 
     if settings.external_metrics.enabled {
         start_external_metrics(
@@ -99,17 +102,23 @@ fn start_external_metrics(
         shutdown.clone(),
     )?;
     let source = autoscaling.source.clone();
-    tasks.spawn(async move { ("autoscaling", autoscaling.join().await.map_err(Into::into)) });
+    tasks.spawn(
+        async move { ("autoscaling", autoscaling.join().await.map_err(Into::into)) }
+            .instrument(tracing::info_span!("autoscaling_supervisor")),
+    );
 
     let client_ca = crate::tls::ClientCaHandle::new();
     let auth = DelegatingAuth::new(client, client_ca.clone(), AuthOptions::default());
     let auth_task = auth.spawn(shutdown.clone());
-    tasks.spawn(async move {
-        let result = auth_task
-            .await
-            .map_err(|e| anyhow::anyhow!("task failed: {e}"));
-        ("delegated authentication", result)
-    });
+    tasks.spawn(
+        async move {
+            let result = auth_task
+                .await
+                .map_err(|e| anyhow::anyhow!("task failed: {e}"));
+            ("delegated authentication", result)
+        }
+        .instrument(tracing::info_span!("delegated_auth_supervisor")),
+    );
 
     let (source_ready_tx, source_ready) = watch::channel(source.readiness());
     let polled = source.clone();

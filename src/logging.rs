@@ -22,8 +22,20 @@ pub fn init(level: LogLevel, json: bool, color: bool) {
             .with_current_span(true)
             .try_init()
     } else {
-        builder.with_ansi(color).try_init()
+        builder
+            .with_ansi(use_color(
+                color,
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty()),
+            ))
+            .try_init()
     };
+}
+
+/// Colours only for a person at a terminal: never into a pipe or a container log (where escape
+/// codes end up as noise in Datadog), never with `--no-color` or the NO_COLOR convention.
+fn use_color(allowed: bool, stderr_is_terminal: bool, no_color_env: bool) -> bool {
+    allowed && stderr_is_terminal && !no_color_env
 }
 
 fn directives(level: LogLevel) -> String {
@@ -33,5 +45,23 @@ fn directives(level: LogLevel) -> String {
             format!("{ours},hyper=info,h2=info,rustls=info,tower=info")
         }
         _ => format!("warn,datadog_cluster_agent={ours}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_color;
+
+    #[test]
+    fn colour_only_at_a_terminal_when_allowed() {
+        for (allowed, tty, env, want) in [
+            (true, true, false, true),
+            (false, true, false, false),
+            (true, false, false, false),
+            (true, true, true, false),
+            (false, false, true, false),
+        ] {
+            assert_eq!(use_color(allowed, tty, env), want, "{allowed} {tty} {env}");
+        }
     }
 }

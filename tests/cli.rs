@@ -52,8 +52,23 @@ fn help_lists_the_commands() {
     let out = run(&["--help"], &[]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["start", "version", "config"] {
-        assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
+    // Exactly the commands that work (clap adds `help`): a command that does nothing is a
+    // defect, so one appearing here must come with its tests.
+    let commands: Vec<&str> = text
+        .split("Commands:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Commands: section in --help:\n{text}"))
+        .lines()
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        commands,
+        ["start", "version", "config", "help"],
+        "--help:\n{text}"
+    );
+    for flag in ["-c, --cfgpath <PATH>", "-n, --no-color"] {
+        assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
     }
 }
 
@@ -158,4 +173,66 @@ fn version_names_commit_and_compiler() {
             && text.contains("rustc"),
         "{text}"
     );
+}
+
+/// A start that passes validation, so logging is up, and then finds its Kubernetes client as
+/// the environment says: the error tells which source was chosen.
+fn start_to_the_kubernetes_client(extra: &[(&str, &str)]) -> Output {
+    let mut env = vec![("DD_API_KEY", KEY), ("RUST_BACKTRACE", "full")];
+    env.extend_from_slice(extra);
+    let out = run(&["start"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_no_panic(&out);
+    out
+}
+
+#[test]
+fn the_kubernetes_configuration_source_follows_the_precedence() {
+    let missing = "/nonexistent/kubeconfig";
+    // Explicit path: used even in a pod.
+    for in_pod in [false, true] {
+        let mut env = vec![("DD_KUBERNETES_KUBECONFIG_PATH", missing)];
+        if in_pod {
+            env.push(("KUBERNETES_SERVICE_HOST", "10.0.0.1"));
+            env.push(("KUBERNETES_SERVICE_PORT", "443"));
+        }
+        let err = stderr(&start_to_the_kubernetes_client(&env));
+        assert!(
+            err.contains(&format!("cannot load kubeconfig {missing}"))
+                && err.contains("kubernetes_kubeconfig_path"),
+            "in pod {in_pod}: {err}"
+        );
+    }
+    // In a pod without a path: the service account (absent on this machine).
+    let err = stderr(&start_to_the_kubernetes_client(&[
+        ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+    ]));
+    assert!(
+        err.contains("cannot load the in-cluster Kubernetes configuration"),
+        "{err}"
+    );
+    // Neither: KUBECONFIG, here pointing at nothing.
+    let err = stderr(&start_to_the_kubernetes_client(&[("KUBECONFIG", missing)]));
+    assert!(
+        err.contains("cannot find a Kubernetes configuration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn text_logs_into_a_pipe_carry_no_colour_codes() {
+    for args in [&[][..], &["-n"][..]] {
+        let mut env = vec![("DD_API_KEY", KEY), ("KUBECONFIG", "/nonexistent")];
+        let mut cmd_args = args.to_vec();
+        cmd_args.push("start");
+        env.push(("RUST_BACKTRACE", "full"));
+        let out = run(&cmd_args, &env);
+        let err = stderr(&out);
+        assert!(
+            err.contains("starting the Datadog Cluster Agent"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains('\u{1b}'), "{args:?}: escape codes in {err:?}");
+    }
 }

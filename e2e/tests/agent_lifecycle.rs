@@ -66,6 +66,7 @@ async fn json_logs_without_secrets_and_sigint_exits_cleanly() {
     let log = agent.log();
     assert!(panic_lines(&log).is_empty(), "{log}");
     let mut messages = Vec::new();
+    let mut spans = std::collections::BTreeSet::new();
     // The harness's own banner line ("===== e2e harness: start #1 ...") opens each start.
     let agent_lines = log
         .lines()
@@ -75,6 +76,9 @@ async fn json_logs_without_secrets_and_sigint_exits_cleanly() {
             .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
         assert!(event["level"].is_string(), "no level: {line}");
         assert!(event["timestamp"].is_string(), "no timestamp: {line}");
+        if let Some(span) = event["span"]["name"].as_str() {
+            spans.insert(span.to_owned());
+        }
         if let Some(message) = event["message"].as_str() {
             messages.push(message.to_owned());
         }
@@ -83,6 +87,8 @@ async fn json_logs_without_secrets_and_sigint_exits_cleanly() {
         messages.iter().any(|m| m.contains("SIGINT received")),
         "{messages:#?}"
     );
+    // Events from spawned tasks carry the task's span.
+    assert!(spans.contains("leader_election"), "{spans:?}");
     for secret in [double.api_key(), double.app_key()] {
         assert!(!log.contains(secret), "a Datadog key is in the log");
     }

@@ -301,14 +301,48 @@ fn scrubbed_yaml_never_shows_secrets() {
     );
 }
 
+/// The text between the README's table markers, which must be exactly the generated table: a
+/// stale row left before or after it would fail too.
+fn readme_table_section(readme: &str) -> Option<&str> {
+    const BEGIN: &str = "<!-- BEGIN CONFIG TABLE -->\n";
+    const END: &str = "<!-- END CONFIG TABLE -->";
+    let start = readme.find(BEGIN)? + BEGIN.len();
+    let len = readme[start..].find(END)?;
+    Some(&readme[start..start + len])
+}
+
+#[test]
+fn readme_table_section_is_what_lies_between_the_markers() {
+    let cases: &[(&str, Option<&str>)] = &[
+        (
+            "a\n<!-- BEGIN CONFIG TABLE -->\n| x |\n<!-- END CONFIG TABLE -->\nb",
+            Some("| x |\n"),
+        ),
+        (
+            "<!-- BEGIN CONFIG TABLE -->\n<!-- END CONFIG TABLE -->",
+            Some(""),
+        ),
+        ("no markers", None),
+        ("<!-- BEGIN CONFIG TABLE -->\n| x |\n", None),
+        (
+            "<!-- END CONFIG TABLE -->\n<!-- BEGIN CONFIG TABLE -->\n",
+            None,
+        ),
+    ];
+    for (readme, section) in cases {
+        assert_eq!(readme_table_section(readme), *section, "{readme:?}");
+    }
+}
+
 #[test]
 fn readme_configuration_table_matches_the_code() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme_table_section(&readme).expect("README.md lost its CONFIG TABLE markers");
     assert!(
-        readme.contains(&markdown_table()),
+        section == markdown_table(),
         "README.md's configuration table is out of date; regenerate it with \
-         `cargo run -- config --markdown-table` and paste it in"
+         `cargo run -- config --markdown-table` and paste it between the markers"
     );
 }
 

@@ -25,26 +25,46 @@ pub enum K8sError {
     Discovery(String),
 }
 
-/// In a pod: the service account; else `kubernetes_kubeconfig_path`; else KUBECONFIG or
+/// Where the client's configuration comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConfigSource<'a> {
+    InCluster,
+    Kubeconfig(&'a Path),
+    Infer,
+}
+
+/// An explicit `kubernetes_kubeconfig_path` wins even in a pod (an operator who sets it means
+/// it, e.g. to reach another cluster); else the service account in a pod; else KUBECONFIG or
 /// `~/.kube/config`.
+fn config_source(in_pod: bool, kubeconfig_path: Option<&Path>) -> ConfigSource<'_> {
+    match (kubeconfig_path, in_pod) {
+        (Some(path), _) => ConfigSource::Kubeconfig(path),
+        (None, true) => ConfigSource::InCluster,
+        (None, false) => ConfigSource::Infer,
+    }
+}
+
+/// The client, configured as [`config_source`] decides.
 pub async fn client(settings: &Settings) -> Result<kube::Client, K8sError> {
-    let mut config = if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
-        && settings.kubernetes_kubeconfig_path.is_none()
-    {
-        kube::Config::incluster().map_err(|e| K8sError::InCluster(e.to_string()))?
-    } else if let Some(path) = &settings.kubernetes_kubeconfig_path {
-        let err = |e: &dyn std::fmt::Display| K8sError::Kubeconfig {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-        let kubeconfig = Kubeconfig::read_from(path).map_err(|e| err(&e))?;
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let source = config_source(in_pod, settings.kubernetes_kubeconfig_path.as_deref());
+    let mut config = match source {
+        ConfigSource::InCluster => {
+            kube::Config::incluster().map_err(|e| K8sError::InCluster(e.to_string()))?
+        }
+        ConfigSource::Kubeconfig(path) => {
+            let err = |e: &dyn std::fmt::Display| K8sError::Kubeconfig {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            };
+            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| err(&e))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(&e))?
+        }
+        ConfigSource::Infer => kube::Config::infer()
             .await
-            .map_err(|e| err(&e))?
-    } else {
-        kube::Config::infer()
-            .await
-            .map_err(|e| K8sError::Infer(e.to_string()))?
+            .map_err(|e| K8sError::Infer(e.to_string()))?,
     };
     let timeout = settings.kubernetes_apiserver_client_timeout;
     if !timeout.is_zero() {
@@ -179,6 +199,23 @@ mod tests {
                 leases: false
             }
         );
+    }
+
+    #[test]
+    fn an_explicit_kubeconfig_wins_then_the_pod_then_inference() {
+        let path = Path::new("/etc/kube/config");
+        for (in_pod, configured, want) in [
+            (true, Some(path), ConfigSource::Kubeconfig(path)),
+            (false, Some(path), ConfigSource::Kubeconfig(path)),
+            (true, None, ConfigSource::InCluster),
+            (false, None, ConfigSource::Infer),
+        ] {
+            assert_eq!(
+                config_source(in_pod, configured),
+                want,
+                "{in_pod} {configured:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,13 +8,14 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::service::Service;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::tls::ServerTls;
 use crate::tls::peer::ConnectionPeer;
@@ -130,7 +131,8 @@ pub async fn serve_with_options<S, B>(
                     // Taken before the task starts so that shutdown waits for this
                     // connection even while it is still handshaking.
                     let watcher = graceful.watcher();
-                    connections.spawn(connection.run(stream, remote, watcher));
+                    let span = tracing::info_span!("connection", %remote);
+                    connections.spawn(connection.run(stream, remote, watcher).instrument(span));
                 }
                 Err(err) => {
                     // Usually transient (ECONNABORTED, or EMFILE until connections close);
@@ -179,14 +181,29 @@ fn log_join(joined: Result<(), tokio::task::JoinError>) {
 /// HTTP protocol is decided by ALPN rather than by sniffing the connection preface: RFC 9113
 /// requires ALPN for h2 over TLS, and sniffing would wait without any timeout on a client
 /// that sends nothing.
+/// hyper's executor for HTTP/2 stream tasks: each runs in the span of the connection that
+/// spawned it, so what a stream logs names its peer.
+#[derive(Debug, Clone, Copy)]
+struct SpanExecutor;
+
+impl<F> hyper::rt::Executor<F> for SpanExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(future.in_current_span());
+    }
+}
+
 struct Builders {
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<SpanExecutor>,
+    http2: auto::Builder<SpanExecutor>,
 }
 
 impl Builders {
     fn new(options: &ServeOptions) -> Self {
-        let mut base = auto::Builder::new(TokioExecutor::new());
+        let mut base = auto::Builder::new(SpanExecutor);
         base.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(options.header_read_timeout);

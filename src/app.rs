@@ -204,3 +204,61 @@ async fn drain(tasks: &mut Tasks) {
         tasks.abort_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One long-running task next to `outcome`, as in `run`: what `supervise` reports.
+    async fn supervise_one(
+        outcome: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+        cancel_first: bool,
+    ) -> Option<String> {
+        let shutdown = CancellationToken::new();
+        let mut tasks = Tasks::new();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            stop.cancelled().await;
+            ("external metrics server", Ok(()))
+        });
+        if cancel_first {
+            shutdown.cancel();
+        }
+        tasks.spawn(async move { ("leader election", outcome.await) });
+        let failure = supervise(&mut tasks, &shutdown).await;
+        shutdown.cancel();
+        drain(&mut tasks).await;
+        failure.map(|e| format!("{e:#}"))
+    }
+
+    #[tokio::test]
+    async fn a_dying_critical_task_fails_the_process() {
+        let failed = supervise_one(async { Err(anyhow::anyhow!("lock lost: 403")) }, false).await;
+        assert_eq!(
+            failed.as_deref(),
+            Some("leader election failed: lock lost: 403")
+        );
+        let stopped = supervise_one(async { Ok(()) }, false).await;
+        assert_eq!(
+            stopped.as_deref(),
+            Some("leader election stopped unexpectedly")
+        );
+        let panicked = supervise_one(async { panic!("boom") }, false).await;
+        assert!(
+            panicked
+                .as_deref()
+                .is_some_and(|m| m.starts_with("a task panicked")),
+            "{panicked:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_requested_shutdown_is_not_a_failure() {
+        // A task that ends cleanly while shutting down, as every subsystem does on cancel.
+        let stopping = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(())
+        };
+        assert_eq!(supervise_one(stopping, true).await, None);
+    }
+}

@@ -472,6 +472,22 @@ mod tests {
 
     const CHILD_ENV: &str = "DCA_E2E_AGENT_HYGIENE_CHILD";
 
+    /// The child role of `agent_dies_with_the_test_process`, once it reported its agent's PID,
+    /// process group and run directory.
+    fn spawn_hygiene_child() -> (process::ChildTest, Vec<u32>, PathBuf) {
+        let child = process::ChildTest::spawn(
+            "agent::tests::agent_dies_with_the_test_process",
+            &[(CHILD_ENV, "1")],
+        )
+        .unwrap();
+        let line = child
+            .wait_for_line("E2E-PIDS ", Duration::from_secs(120))
+            .unwrap();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let pids = fields[..2].iter().map(|p| p.parse().unwrap()).collect();
+        (child, pids, PathBuf::from(fields[2]))
+    }
+
     /// Runs this very test binary again as a "test process" that starts an agent, then ends that
     /// process with SIGKILL, SIGTERM, and Ctrl-C (SIGINT to its process group, as a terminal
     /// sends it) in turn: the agent must die each time.
@@ -494,20 +510,7 @@ mod tests {
         for (signal, whole_group, number) in
             [("KILL", false, 9), ("TERM", false, 15), ("INT", true, 2)]
         {
-            let mut child = process::ChildTest::spawn(
-                "agent::tests::agent_dies_with_the_test_process",
-                &[(CHILD_ENV, "1")],
-            )
-            .unwrap();
-            let line = child
-                .wait_for_line("E2E-PIDS ", Duration::from_secs(120))
-                .unwrap();
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let pids = fields[..2]
-                .iter()
-                .map(|p| p.parse::<u32>().unwrap())
-                .collect::<Vec<_>>();
-            let run_dir = PathBuf::from(fields[2]);
+            let (mut child, pids, run_dir) = spawn_hygiene_child();
             assert!(pids.iter().all(|p| pid_alive(*p)));
             if whole_group {
                 child.signal_group(signal).unwrap();
@@ -531,19 +534,7 @@ mod tests {
     /// the agent it started, instead of the child holding it until its own timeout.
     #[tokio::test]
     async fn dropping_the_child_handle_kills_the_child_test() {
-        let child = process::ChildTest::spawn(
-            "agent::tests::agent_dies_with_the_test_process",
-            &[(CHILD_ENV, "1")],
-        )
-        .unwrap();
-        let line = child
-            .wait_for_line("E2E-PIDS ", Duration::from_secs(120))
-            .unwrap();
-        let mut pids = line
-            .split_whitespace()
-            .take(2)
-            .map(|p| p.parse::<u32>().unwrap())
-            .collect::<Vec<_>>();
+        let (child, mut pids, _) = spawn_hygiene_child();
         pids.push(child.pid());
         assert!(pids.iter().all(|p| pid_alive(*p)));
         drop(child);

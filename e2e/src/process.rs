@@ -343,14 +343,18 @@ pub fn signal_group(pgid: u32, signal: &str) -> Result<()> {
     }
 }
 
-/// Live (non-zombie) processes whose process group is `pgid`.
-pub fn live_group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
+/// Every PID in /proc (none if it cannot be read).
+fn all_pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`.
+pub fn live_group_members(pgid: u32) -> Vec<u32> {
+    all_pids()
         .filter(|pid| {
             let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 return false;
@@ -778,12 +782,7 @@ pub fn still_listening(sockets: &[ListeningSocket]) -> Result<Vec<ListeningSocke
 
 /// The live processes holding a file descriptor on socket `inode`, for failure messages.
 pub fn socket_owners(inode: u64) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    all_pids()
         .filter(|pid| {
             socket_inodes_of(*pid)
                 .map(|inodes| inodes.contains(&inode))

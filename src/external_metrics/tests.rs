@@ -821,6 +821,37 @@ async fn openapi_documents_are_valid_json_with_etags() {
         .get("/openapi/v3/apis/external.metrics.k8s.io/v1beta1?hash=OLD")
         .await;
     assert_eq!(stale.header(CACHE_CONTROL), "no-cache, private");
+
+    // Conditional GETs of both v3 documents: the aggregator re-fetches them by ETag.
+    for path in ["/openapi/v3", url.as_str()] {
+        let first = h.get(path).await;
+        let etag = first.header(ETAG).to_owned();
+        assert!(
+            etag.starts_with('"') && etag.ends_with('"'),
+            "{path}: {etag}"
+        );
+        let again = h
+            .send(
+                authed(Method::GET, path)
+                    .header(IF_NONE_MATCH, &etag)
+                    .body(())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{path}");
+        assert!(again.body.is_empty(), "{path}: a 304 has no body");
+        assert_eq!(again.header(ETAG), etag, "{path}");
+        let changed = h
+            .send(
+                authed(Method::GET, path)
+                    .header(IF_NONE_MATCH, "\"something-else\"")
+                    .body(())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(changed.status, StatusCode::OK, "{path}");
+        assert_eq!(changed.body, first.body, "{path}");
+    }
 }
 
 #[tokio::test]

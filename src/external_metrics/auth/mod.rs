@@ -411,6 +411,20 @@ mod tests {
     use super::*;
     use crate::external_metrics::auth::config::{CLIENT_CA_BUNDLE, REQUESTHEADER_BUNDLE};
 
+    #[test]
+    fn defaults_are_kubes() {
+        // k8s.io/apiserver's DelegatingAuthenticationOptions (CacheTTL 10 s) and
+        // DelegatingAuthorizationOptions (AllowCacheTTL and DenyCacheTTL 10 s).
+        let o = AuthOptions::default();
+        let secs = Duration::from_secs;
+        assert_eq!(
+            (o.token_cache_ttl, o.allow_cache_ttl, o.deny_cache_ttl),
+            (secs(10), secs(10), secs(10))
+        );
+        assert_eq!(o.review_timeout, secs(10));
+        assert!(o.cache_capacity >= 1024, "{}", o.cache_capacity);
+    }
+
     /// "good" is alice, "down" fails, anything else is invalid.
     #[derive(Default)]
     struct Tokens {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -20,9 +20,11 @@ use datadog_cluster_agent::autoscaling::store_format::{
     DEFAULT_CONFIGMAP_NAME, ExternalMetricValue, LAST_UPDATED_ANNOTATION, StoredEntry, decode_entry,
 };
 use datadog_cluster_agent::leader::record::{LEADER_ANNOTATION, LeaderElectionRecord};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::Value;
 
 use crate::agent::{AgentSettings, DCA_BIN_ENV};
@@ -442,30 +444,77 @@ impl StoreView {
     }
 }
 
+impl StoreView {
+    /// Reads a `datadog-custom-metrics` ConfigMap.
+    pub fn of(cm: ConfigMap) -> Result<StoreView> {
+        let mut view = StoreView::default();
+        for (key, json) in cm.data.unwrap_or_default() {
+            match decode_entry(&json) {
+                Ok(StoredEntry::Current(entry)) => {
+                    view.entries.insert(key, entry);
+                }
+                _ => view.other_keys.push(key),
+            }
+        }
+        let annotations = cm.metadata.annotations.unwrap_or_default();
+        view.last_updated = annotations
+            .get(LAST_UPDATED_ANNOTATION)
+            .and_then(|t| t.parse().ok());
+        if let Some(raw) = annotations.get(INVALID_REASONS_ANNOTATION) {
+            view.reasons = serde_json::from_str(raw).with_context(|| {
+                format!("{INVALID_REASONS_ANNOTATION} is not a JSON object: {raw}")
+            })?;
+        }
+        Ok(view)
+    }
+}
+
 /// The metric store, if the ConfigMap exists.
 pub async fn metric_store(cp: &ControlPlane) -> Result<Option<StoreView>> {
     let api: Api<ConfigMap> = Api::namespaced(cp.client(), cp.agent_namespace());
-    let Some(cm) = api.get_opt(DEFAULT_CONFIGMAP_NAME).await? else {
-        return Ok(None);
-    };
-    let mut view = StoreView::default();
-    for (key, json) in cm.data.unwrap_or_default() {
-        match decode_entry(&json) {
-            Ok(StoredEntry::Current(entry)) => {
-                view.entries.insert(key, entry);
+    api.get_opt(DEFAULT_CONFIGMAP_NAME)
+        .await?
+        .map(StoreView::of)
+        .transpose()
+}
+
+/// Every version of the metric store written while it runs, in order, from a watch (so no
+/// write between two polls is missed). Stops when dropped.
+pub struct StoreHistory {
+    versions: Arc<Mutex<Vec<StoreView>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StoreHistory {
+    pub fn start(cp: &ControlPlane) -> StoreHistory {
+        let api: Api<ConfigMap> = Api::namespaced(cp.client(), cp.agent_namespace());
+        let versions = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&versions);
+        let config =
+            watcher::Config::default().fields(&format!("metadata.name={DEFAULT_CONFIGMAP_NAME}"));
+        let task = tokio::spawn(async move {
+            let stream = watcher(api, config).default_backoff().applied_objects();
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                match event.map_err(anyhow::Error::from).and_then(StoreView::of) {
+                    Ok(view) => sink.lock().unwrap().push(view),
+                    Err(e) => eprintln!("metric store watch: {e:#}"),
+                }
             }
-            _ => view.other_keys.push(key),
-        }
+        });
+        StoreHistory { versions, task }
     }
-    let annotations = cm.metadata.annotations.unwrap_or_default();
-    view.last_updated = annotations
-        .get(LAST_UPDATED_ANNOTATION)
-        .and_then(|t| t.parse().ok());
-    if let Some(raw) = annotations.get(INVALID_REASONS_ANNOTATION) {
-        view.reasons = serde_json::from_str(raw)
-            .with_context(|| format!("{INVALID_REASONS_ANNOTATION} is not a JSON object: {raw}"))?;
+
+    /// The versions seen so far.
+    pub fn versions(&self) -> Vec<StoreView> {
+        self.versions.lock().unwrap().clone()
     }
-    Ok(Some(view))
+}
+
+impl Drop for StoreHistory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The ConfigMap store's data key of an HPA's metric (Go's format).

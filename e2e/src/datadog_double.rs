@@ -108,6 +108,8 @@ pub enum Fault {
     DropSeries(String),
     /// `/api/v1/query` only: a 200 whose body has `"status":"error"` and this `error` message.
     QueryError(String),
+    /// Close the connection without answering (a network failure: reset, proxy drop).
+    Disconnect,
 }
 
 impl Fault {
@@ -120,7 +122,7 @@ impl Fault {
         match self {
             Fault::DropSeries(query) => route == Route::Query && queries.contains(query),
             Fault::QueryError(_) => route == Route::Query,
-            Fault::Status(_) | Fault::Delay(_) | Fault::MalformedJson => true,
+            Fault::Status(_) | Fault::Delay(_) | Fault::MalformedJson | Fault::Disconnect => true,
         }
     }
 }
@@ -615,7 +617,19 @@ async fn serve(listener: TcpListener, inner: Arc<Inner>) {
 
 type HttpResponse = Response<Full<Bytes>>;
 
-async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+/// Set on a response that must not be sent: the connection is closed instead.
+#[derive(Debug, Clone, Copy)]
+struct Disconnect;
+
+impl std::fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by a Disconnect fault")
+    }
+}
+
+impl std::error::Error for Disconnect {}
+
+async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<HttpResponse, Disconnect> {
     let (parts, body) = req.into_parts();
     let raw_body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -671,6 +685,10 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<HttpRespons
     inner.recorded.notify_waiters();
 
     let response = respond(&inner, &recorded, multipart_error).await;
+    if response.extensions().get::<Disconnect>().is_some() {
+        // hyper closes the connection when the service fails; the record keeps no status.
+        return Err(Disconnect);
+    }
 
     {
         // `clear_requests` may have run meanwhile, so look the record up rather than index it.
@@ -739,6 +757,11 @@ async fn respond(
     };
 
     match (route, fault) {
+        (_, Some(Fault::Disconnect)) => {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            response.extensions_mut().insert(Disconnect);
+            response
+        }
         (_, Some(Fault::Status(status))) => {
             let mut response = api_error(status, content_type, status_text(status));
             if status == StatusCode::TOO_MANY_REQUESTS {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Result;
 use e2e::agent::Agent;
 use e2e::agent_env::{
-    AgentPorts, MetricsApiClient, ServingCert, agent_binary, agent_settings,
+    AgentPorts, MetricsApiClient, ServingCert, StoreHistory, agent_binary, agent_settings,
     deployment_spec_replicas, leader_record, metric_store, panic_lines, parse_quantity,
     register_metrics_api, store_key,
 };
@@ -242,6 +242,11 @@ fn assert_no_panic(agent: &Agent) {
 // ---------------------------------------------------------------------------------------------
 
 const WEB_QUERY: &str = "avg:nginx.net.request_per_s{app:web}.rollup(30)";
+/// The replicas' `leader_lease_duration`, and the retry period that follows from it.
+const LEASE_SECS: i64 = 6;
+const RETRY: jiff::SignedDuration = jiff::SignedDuration::from_millis(LEASE_SECS * 250);
+/// `external_metrics_provider.refresh_period` as `agent_settings` sets it.
+const REFRESH_PERIOD: Duration = Duration::from_secs(5);
 const QUEUE_QUERY: &str = "avg:queue.depth{queue:orders}.rollup(30)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -263,7 +268,7 @@ async fn replicas_scale_hpas_fail_over_and_hand_over() {
     let replica = |name: &str, double: &DatadogDouble, ports: AgentPorts| {
         agent_settings(&cp, &binary, name, double, &cert, ports)
             .env("DD_LEADER_ELECTION", "true")
-            .env("DD_LEADER_LEASE_DURATION", "6")
+            .env("DD_LEADER_LEASE_DURATION", LEASE_SECS.to_string())
     };
     let holder = |name: &'static str| {
         let cp = &cp;
@@ -330,12 +335,12 @@ async fn replicas_scale_hpas_fail_over_and_hand_over() {
     let since = next_seq(&double_a);
     let first = wait_call_with(&double_a, &[WEB_QUERY, QUEUE_QUERY], since).await;
     wait_call_with(&double_a, &[WEB_QUERY, QUEUE_QUERY], first.seq + 1).await;
-    let calls: Vec<Vec<String>> = double_a
+    let requests: Vec<RecordedRequest> = double_a
         .requests_to("/api/v1/query")
         .into_iter()
         .filter(|r| r.seq >= since)
-        .map(|r| r.metric_queries())
         .collect();
+    let calls: Vec<Vec<String>> = requests.iter().map(|r| r.metric_queries()).collect();
     for call in &calls {
         assert_eq!(
             sorted(call.clone()),
@@ -343,11 +348,25 @@ async fn replicas_scale_hpas_fail_over_and_hand_over() {
             "in steady state every call is the whole refresh: {calls:?}"
         );
     }
+    // Two calls of one refresh would be milliseconds apart; calls of consecutive
+    // refreshes are a refresh period apart.
+    for pair in requests.windows(2) {
+        let gap = pair[1]
+            .received_at
+            .duration_since(pair[0].received_at)
+            .unwrap_or_default();
+        assert!(
+            gap >= REFRESH_PERIOD / 2,
+            "calls {} and {} are {gap:?} apart: one refresh made more than one call",
+            pair[0].seq,
+            pair[1].seq
+        );
+    }
 
     step("one leader: the lock names A, and only A's Datadog was queried");
     let record = leader_record(&cp).await.unwrap().unwrap();
     assert_eq!(record.holder_identity, "dca-e2e-a");
-    assert_eq!(record.lease_duration_seconds, 6);
+    assert_eq!(record.lease_duration_seconds, LEASE_SECS);
     let transitions = record.leader_transitions;
     assert!(!double_a.query_calls().is_empty());
     assert_eq!(
@@ -383,7 +402,11 @@ async fn replicas_scale_hpas_fail_over_and_hand_over() {
     step("kill -9 of the leader: B takes over, refreshes, and no Deployment moves");
     let sampler = ReplicaSampler::start(&cp, &scaled);
     let killed = a.kill9().unwrap();
+    let killed_at = jiff::Timestamp::now();
     assert!(!killed.success());
+    // A can renew no more, and B cannot take over before a lease has passed.
+    let last_seen = leader_record(&cp).await.unwrap().unwrap();
+    assert_eq!(last_seen.holder_identity, "dca-e2e-a", "{last_seen:?}");
     // A real Service drops a dead pod from its endpoints; an ExternalName Service cannot, so
     // the registration is pointed at the survivor, as the endpoints controller would.
     register_metrics_api(&cp, &cert, ports_b.metrics_api)
@@ -394,6 +417,22 @@ async fn replicas_scale_hpas_fail_over_and_hand_over() {
         .unwrap();
     let record = leader_record(&cp).await.unwrap().unwrap();
     assert_eq!(record.leader_transitions, transitions + 1, "{record:?}");
+    // client-go's rule, which B follows: a follower takes the lock once it has seen the
+    // same record for a whole lease, and it looks every retry period (lease / 4). So B
+    // acquires at most lease + 2 × retry after A's last renewal (one retry to notice the
+    // renewal, one to notice the expiry), plus 1 s because the record has whole seconds.
+    let acquired = record.acquire_time.expect("B's acquire time");
+    let renewed = last_seen.renew_time.expect("A's renew time");
+    let bound = jiff::SignedDuration::from_secs(LEASE_SECS + 1) + RETRY * 2;
+    assert!(
+        acquired.duration_since(renewed) <= bound,
+        "A last renewed at {renewed}, was killed at {killed_at}, B acquired at {acquired}: \
+         more than lease + 2 × retry ({bound:?})"
+    );
+    assert!(
+        acquired >= killed_at - jiff::SignedDuration::from_secs(1),
+        "{record:?}"
+    );
     let first = wait_call_with(&double_b, &[WEB_QUERY, QUEUE_QUERY], 0).await;
     let second = wait_call_with(&double_b, &[WEB_QUERY, QUEUE_QUERY], first.seq + 1).await;
     // A is dead, so a store write after B's refresh is B's.
@@ -489,6 +528,8 @@ const FAST_NULL_QUERY: &str = "avg:null.metric{app:nulls}.rollup(5)";
 /// The rate-limit window the 429 reports: longer than the 30 s staleness limit plus the HPA
 /// controller's reaction, so that staleness is seen while still rate-limited.
 const RATE_WINDOW_SECS: u64 = 75;
+/// `hpa_watcher_gc_period`: a deleted HPA's entry must be gone from the store within it.
+const GC_PERIOD_SECS: i64 = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn datadog_faults_never_scale_hpas() {
@@ -506,7 +547,8 @@ async fn datadog_faults_never_scale_hpas() {
         .env("DD_EXTERNAL_METRICS_PROVIDER_CHUNK_SIZE", "1")
         .env("DD_EXTERNAL_METRICS_PROVIDER_ROLLUP", "5")
         .env("DD_EXTERNAL_METRICS_PROVIDER_MAX_AGE", "20")
-        .env("DD_EXTERNAL_METRICS_PROVIDER_QUERY_VALIDITY_PERIOD", "10");
+        .env("DD_EXTERNAL_METRICS_PROVIDER_QUERY_VALIDITY_PERIOD", "10")
+        .env("DD_HPA_WATCHER_GC_PERIOD", GC_PERIOD_SECS.to_string());
     let mut agent = Agent::spawn(settings).await.unwrap();
     register_metrics_api(&cp, &cert, ports.metrics_api)
         .await
@@ -678,7 +720,15 @@ async fn datadog_faults_never_scale_hpas() {
     // Several HPA syncs (3 s): the Deployment keeps 3 replicas, not the minimum of 1.
     replicas_hold(&cp, &[("nulls", 3)], Duration::from_secs(12)).await;
 
-    step("a deleted HPA's entry leaves the ConfigMap");
+    step("a deleted HPA's entry leaves the ConfigMap within one GC period");
+    let history = StoreHistory::start(&cp);
+    // The watch's first event is the current version, which still holds the entry.
+    eventually("the store watch runs", GENEROUS, || async {
+        Ok((!history.versions().is_empty()).then_some(()))
+    })
+    .await
+    .unwrap();
+    let deleted_at = jiff::Timestamp::now();
     cp.hpa_api(APPS)
         .delete("nulls", &DeleteParams::default())
         .await
@@ -692,6 +742,19 @@ async fn datadog_faults_never_scale_hpas() {
     })
     .await
     .unwrap();
+    let versions = history.versions();
+    let collected = versions
+        .iter()
+        .find(|v| !v.entries.contains_key(&null_key))
+        .expect("the watch saw the write without the entry");
+    let written = collected.last_updated.expect("last-updated annotation");
+    // The annotation has whole seconds: one more second of slack.
+    let bound = jiff::SignedDuration::from_secs(GC_PERIOD_SECS + 1);
+    assert!(
+        written.duration_since(deleted_at) <= bound,
+        "deleted at {deleted_at}, collected by the write of {written}: more than one GC period ({GC_PERIOD_SECS} s)"
+    );
+    drop(history);
 
     step(
         "429: nothing is asked until Reset; values are served until stale, then the HPAs fail without scaling",

@@ -206,6 +206,57 @@ async fn server_errors_are_retried_until_success() {
 }
 
 #[tokio::test]
+async fn network_errors_are_retried_until_success() {
+    setup();
+    let dd = DatadogDouble::start().await.unwrap();
+    let queries = queries_with_series(&dd, 2);
+    dd.push_faults(Route::Query, [Fault::Disconnect, Fault::Disconnect]);
+    let r = resolver(&dd, 35);
+    let got = r.resolve_at(&queries, now_s()).await.unwrap();
+    assert_eq!(value(&got[&queries[0]]), 0.0);
+    assert_eq!(value(&got[&queries[1]]), 1.0);
+    let statuses: Vec<Option<StatusCode>> = dd
+        .requests_to("/api/v1/query")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    // The two dropped connections were never answered.
+    assert_eq!(statuses, [None, None, Some(StatusCode::OK)]);
+    let t = r.telemetry().snapshot();
+    assert_eq!((t.requests_success, t.requests_error, t.retries), (1, 0, 2));
+}
+
+#[tokio::test]
+async fn network_errors_past_the_retry_budget_fail_the_chunk_without_backoff() {
+    setup();
+    let dd = DatadogDouble::start().await.unwrap();
+    let queries = queries_with_series(&dd, 2);
+    dd.set_sticky_fault(Route::Query, Some(Fault::Disconnect));
+    let r = resolver(&dd, 35);
+    let got = r.resolve_at(&queries, now_s()).await.unwrap();
+    for q in &queries {
+        let why = reason(&got[q]);
+        assert!(
+            why.starts_with("request to Datadog failed"),
+            "the reason names the failed call: {why}"
+        );
+    }
+    let attempts = dd.requests_to("/api/v1/query").len();
+    assert!(
+        (2..=6).contains(&attempts),
+        "a network error is retried for ~3 s: {attempts} attempt(s)"
+    );
+    let t = r.telemetry().snapshot();
+    assert_eq!((t.requests_success, t.requests_error), (0, 1));
+    assert_eq!(t.retries, attempts as u64 - 1);
+    // The network is not the queries' fault: they are asked again next time.
+    dd.clear_faults();
+    let got = r.resolve_at(&queries, now_s()).await.unwrap();
+    assert_eq!(value(&got[&queries[1]]), 1.0);
+    assert_eq!(r.telemetry().snapshot().queries_in_backoff, 0);
+}
+
+#[tokio::test]
 async fn server_errors_past_the_retry_budget_fail_the_chunk() {
     setup();
     let dd = DatadogDouble::start().await.unwrap();

@@ -17,12 +17,11 @@ pub mod store_format;
 pub mod telemetry;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -130,10 +129,8 @@ pub fn spawn(
 
     let resource = hpa::hpa_resource(version);
     let writer = reflector::store::Writer::<DynamicObject>::new(resource.clone());
-    let ready = Arc::new(AtomicBool::new(false));
-    let changed = Arc::new(Notify::new());
-    let catalog =
-        hpa::HpaCatalog::new(writer.as_reader(), Arc::clone(&ready), Arc::clone(&changed));
+    let signal = Arc::new(hpa::CatalogSignal::default());
+    let catalog = hpa::HpaCatalog::new(writer.as_reader(), Arc::clone(&signal));
     let (reports_tx, reports_rx) = mpsc::channel(256);
     let (store_tx, store_rx) = watch::channel(Arc::new(store::StoreSnapshot::default()));
 
@@ -157,8 +154,7 @@ pub fn spawn(
         api: Api::all_with(client.clone(), &resource),
         version,
         writer,
-        ready,
-        changed,
+        signal,
         reports: reports_tx,
         telemetry: Arc::clone(&telemetry),
     };

@@ -1119,11 +1119,7 @@ mod tests {
             let r = w.as_reader();
             (w, r)
         };
-        let catalog = HpaCatalog::new(
-            reader,
-            Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            Arc::new(tokio::sync::Notify::new()),
-        );
+        let catalog = HpaCatalog::new(reader, Arc::default());
         let (_st, store_rx) = watch::channel(Arc::new(StoreSnapshot::absent()));
         let (_l, leader_rx) = watch::channel(true);
         let s = DatadogMetricSource::new(

@@ -162,7 +162,7 @@ fn user(name: &str, groups: &[&str]) -> UserInfo {
 
 fn expect_user(auth: Authentication) -> UserInfo {
     match auth {
-        Authentication::User(user) => user,
+        Authentication::User(user) => Arc::unwrap_or_clone(user),
         other => panic!("expected an authenticated user, got {other:?}"),
     }
 }
@@ -315,7 +315,7 @@ async fn delegated_auth_against_a_real_api_server() {
     assert_eq!(
         h.authenticate(&anonymous, &[("X-Remote-User", "forged")])
             .await,
-        Authentication::User(UserInfo::anonymous())
+        Authentication::User(Arc::new(UserInfo::anonymous()))
     );
 
     let stranger_ca = CertAuthority::new("auth-e2e-stranger-ca").unwrap();

@@ -3,6 +3,7 @@
 //! ([`Authorizer`]). The HTTP layer depends only on these, so each side is tested alone.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
@@ -72,7 +73,8 @@ impl UserInfo {
 /// What the authenticator concluded from the TLS peer and the headers.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Authentication {
-    User(UserInfo),
+    /// Shared, so that a cached identity costs a reference-count bump per request.
+    User(Arc<UserInfo>),
     /// 401 Unauthorized with this reason (e.g. a bearer token TokenReview rejected).
     Rejected(String),
     /// 500: the authentication backend could not be asked.

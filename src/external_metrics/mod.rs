@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod quantity;
 pub mod routes;
 pub mod selector;
+pub mod selector_cache;
 pub mod server;
 pub mod service;
 pub mod static_doc;

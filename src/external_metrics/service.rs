@@ -25,7 +25,7 @@ use crate::external_metrics::discovery::DiscoveryDocs;
 use crate::external_metrics::negotiate::{Offer, negotiate};
 use crate::external_metrics::openapi::OpenApiDocs;
 use crate::external_metrics::routes::{self, MetricRoute, Route};
-use crate::external_metrics::selector::{self, Selector};
+use crate::external_metrics::selector_cache::SelectorCache;
 use crate::external_metrics::static_doc::StaticDoc;
 use crate::external_metrics::status::{PrebuiltStatus, Status};
 use crate::external_metrics::types::encode_list;
@@ -73,6 +73,7 @@ struct Shared {
     path_not_found: PrebuiltStatus,
     method_not_allowed: PrebuiltStatus,
     not_acceptable: PrebuiltStatus,
+    selectors: SelectorCache,
 }
 
 impl ExternalMetricsService {
@@ -89,6 +90,7 @@ impl ExternalMetricsService {
                 path_not_found: PrebuiltStatus::new(&Status::path_not_found()),
                 method_not_allowed: PrebuiltStatus::new(&Status::method_not_allowed()),
                 not_acceptable: PrebuiltStatus::new(&Status::not_acceptable(JSON_TYPES)),
+                selectors: SelectorCache::default(),
             }),
         }
     }
@@ -256,12 +258,9 @@ impl ExternalMetricsService {
             if query.watch {
                 return status(&Status::watch_not_supported(&metric.metric), head);
             }
-            let selector = match query.label_selector.as_deref() {
-                None | Some("") => Selector::everything(),
-                Some(raw) => match selector::parse(raw) {
-                    Ok(selector) => selector,
-                    Err(error) => return status(&Status::bad_request(error.to_string()), head),
-                },
+            let selector = match self.shared.selectors.get(query.label_selector.as_deref()) {
+                Ok(selector) => selector,
+                Err(error) => return status(&Status::bad_request(error.to_string()), head),
             };
             let values = match self
                 .shared

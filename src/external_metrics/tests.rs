@@ -45,18 +45,20 @@ impl Authenticator for FakeAuthenticator {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let result = match (token, peer) {
-            (_, PeerIdentity::Certificate { common_name, .. }) => Authentication::User(UserInfo {
-                name: common_name.clone(),
-                ..UserInfo::default()
-            }),
-            (Some("good"), _) => Authentication::User(UserInfo {
+            (_, PeerIdentity::Certificate { common_name, .. }) => {
+                Authentication::User(Arc::new(UserInfo {
+                    name: common_name.clone(),
+                    ..UserInfo::default()
+                }))
+            }
+            (Some("good"), _) => Authentication::User(Arc::new(UserInfo {
                 name: "bob".into(),
                 groups: vec!["system:authenticated".into()],
                 ..UserInfo::default()
-            }),
+            })),
             (Some("error"), _) => Authentication::Error("TokenReview unreachable".into()),
             (Some(_), _) => Authentication::Rejected("token not recognised".into()),
-            (None, _) => Authentication::User(UserInfo::anonymous()),
+            (None, _) => Authentication::User(Arc::new(UserInfo::anonymous())),
         };
         Box::pin(std::future::ready(result))
     }

@@ -76,7 +76,7 @@ impl TokenReviewer for InProcessTokenReviews {
     fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenOutcome, ReviewError>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let outcome = if token == TOKEN {
-            TokenOutcome::Authenticated(UserInfo {
+            TokenOutcome::Authenticated(Arc::new(UserInfo {
                 name: "system:serviceaccount:kube-system:horizontal-pod-autoscaler".into(),
                 uid: "0b4f6a52-7f8e-4c55-9d1e-2f4b8c7a9e10".into(),
                 groups: vec![
@@ -84,7 +84,7 @@ impl TokenReviewer for InProcessTokenReviews {
                     "system:serviceaccounts:kube-system".into(),
                 ],
                 extra: BTreeMap::new(),
-            })
+            }))
         } else {
             TokenOutcome::Rejected("invalid bearer token".into())
         };
@@ -143,7 +143,7 @@ fn hpa_controller() -> UserInfo {
 
 /// Bearer token → user, from a map filled at start-up: a token cache that always hits.
 struct ReadyAuthenticator {
-    users: HashMap<String, UserInfo>,
+    users: HashMap<String, Arc<UserInfo>>,
 }
 
 impl Authenticator for ReadyAuthenticator {
@@ -153,9 +153,9 @@ impl Authenticator for ReadyAuthenticator {
         headers: &'a HeaderMap,
     ) -> BoxFuture<'a, Authentication> {
         let outcome = match bearer_token(headers) {
-            None => Authentication::User(UserInfo::anonymous()),
+            None => Authentication::User(Arc::new(UserInfo::anonymous())),
             Some(token) => match self.users.get(token) {
-                Some(user) => Authentication::User(user.clone()),
+                Some(user) => Authentication::User(Arc::clone(user)),
                 None => Authentication::Rejected("invalid bearer token".into()),
             },
         };
@@ -228,7 +228,7 @@ fn service_with_ready_auth() -> ExternalMetricsService {
     let allowed = HashMap::from([(user.name.clone(), HashSet::from([attributes]))]);
     ExternalMetricsService::new(ServiceParts {
         authenticator: Arc::new(ReadyAuthenticator {
-            users: HashMap::from([(TOKEN.to_owned(), user)]),
+            users: HashMap::from([(TOKEN.to_owned(), Arc::new(user))]),
         }),
         authorizer: Arc::new(ReadyAuthorizer { allowed }),
         source: Arc::new(source()),

@@ -192,14 +192,14 @@ pub async fn authenticate_request<T: TokenReviewer + ?Sized>(
         requestheader_within_client_ca,
     ) {
         CertOutcome::User(user) => {
-            return Authentication::User(requestheader::with_authenticated_group(user));
+            return Authentication::User(Arc::new(requestheader::with_authenticated_group(user)));
         }
         CertOutcome::NotAuthenticated { errors } => errors,
     };
     if let Some(token) = requestheader::bearer_token(headers) {
         match tokens.review(token).await {
             Ok(TokenOutcome::Authenticated(user)) => {
-                return Authentication::User(requestheader::with_authenticated_group(user));
+                return Authentication::User(requestheader::shared_with_authenticated_group(user));
             }
             Ok(TokenOutcome::Rejected(reason)) => errors.push(reason),
             // The token may well be valid: not a 401 but "could not ask".
@@ -207,7 +207,7 @@ pub async fn authenticate_request<T: TokenReviewer + ?Sized>(
         }
     }
     if errors.is_empty() {
-        Authentication::User(UserInfo::anonymous())
+        Authentication::User(Arc::new(UserInfo::anonymous()))
     } else {
         Authentication::Rejected(requestheader::aggregate_errors(&errors))
     }
@@ -438,11 +438,11 @@ mod tests {
         ) -> BoxFuture<'a, Result<TokenOutcome, ReviewError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let outcome = match token {
-                "good" => Ok(TokenOutcome::Authenticated(UserInfo {
+                "good" => Ok(TokenOutcome::Authenticated(Arc::new(UserInfo {
                     name: "alice".into(),
                     groups: vec!["devs".into()],
                     ..Default::default()
-                })),
+                }))),
                 "down" => Err(ReviewError::Transport {
                     api: ReviewApi::TokenReview,
                     message: "connection refused".into(),
@@ -528,11 +528,11 @@ mod tests {
         .await;
         assert_eq!(
             auth,
-            Authentication::User(UserInfo {
+            Authentication::User(Arc::new(UserInfo {
                 name: "alice".into(),
                 groups: vec!["devs".into(), "system:authenticated".into()],
                 ..Default::default()
-            })
+            }))
         );
         assert_eq!(
             run(
@@ -619,7 +619,7 @@ mod tests {
             &Tokens::default(),
         )
         .await;
-        assert_eq!(auth, Authentication::User(UserInfo::anonymous()));
+        assert_eq!(auth, Authentication::User(Arc::new(UserInfo::anonymous())));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! Pure: no I/O, so the whole matrix is tested with vectors below.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
@@ -185,14 +186,29 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 /// Adds `system:authenticated` unless the user is anonymous or already carries it or
 /// `system:unauthenticated` (kube's `AuthenticatedGroupAdder`).
 pub fn with_authenticated_group(mut user: UserInfo) -> UserInfo {
+    if lacks_authenticated_group(&user) {
+        user.groups.push(AUTHENTICATED_GROUP.to_owned());
+    }
+    user
+}
+
+/// Whether [`with_authenticated_group`] would add the group.
+pub fn lacks_authenticated_group(user: &UserInfo) -> bool {
     let marked = user
         .groups
         .iter()
         .any(|g| g == AUTHENTICATED_GROUP || g == UNAUTHENTICATED_GROUP);
-    if user.name != ANONYMOUS_USER && !marked {
-        user.groups.push(AUTHENTICATED_GROUP.to_owned());
+    user.name != ANONYMOUS_USER && !marked
+}
+
+/// [`with_authenticated_group`] for a shared identity: copied only when the group is added
+/// (a TokenReview's user usually has it already).
+pub fn shared_with_authenticated_group(user: Arc<UserInfo>) -> Arc<UserInfo> {
+    if lacks_authenticated_group(&user) {
+        Arc::new(with_authenticated_group(Arc::unwrap_or_clone(user)))
+    } else {
+        user
     }
-    user
 }
 
 /// Several authenticator errors as one 401 reason, formatted like kube's aggregate errors.
@@ -538,6 +554,15 @@ mod tests {
         for (name, groups, expected) in cases {
             let got = with_authenticated_group(user(name, groups, &[]));
             assert_eq!(got.groups, *expected, "{name} {groups:?}");
+            // The shared form gives the same groups, and copies only when it adds one.
+            let shared = Arc::new(user(name, groups, &[]));
+            let got = shared_with_authenticated_group(Arc::clone(&shared));
+            assert_eq!(got.groups, *expected, "{name} {groups:?}");
+            assert_eq!(
+                Arc::ptr_eq(&got, &shared),
+                groups.len() == expected.len(),
+                "{name} {groups:?}"
+            );
         }
     }
 

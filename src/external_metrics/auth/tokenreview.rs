@@ -5,6 +5,7 @@
 //! nor an unsalted hash of it is kept, and nothing here logs a TokenReview object (the API
 //! server echoes the token back in `spec`).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use crate::external_metrics::auth::readiness::{ReadinessTracker, ReviewApi};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenOutcome {
     /// The token belongs to this user (without `system:authenticated` added yet).
-    Authenticated(UserInfo),
+    Authenticated(Arc<UserInfo>),
     /// The token is not valid; the reason is safe to log (it never contains the token).
     Rejected(String),
 }
@@ -70,12 +71,12 @@ pub fn outcome(review: &TokenReview) -> Result<TokenOutcome, ReviewError> {
             "the TokenReview authenticated the token but returned no user name".to_owned(),
         ));
     }
-    Ok(TokenOutcome::Authenticated(UserInfo {
+    Ok(TokenOutcome::Authenticated(Arc::new(UserInfo {
         name,
         uid: user.uid.unwrap_or_default(),
         groups: user.groups.unwrap_or_default(),
         extra: user.extra.unwrap_or_default(),
-    }))
+    })))
 }
 
 /// Creates TokenReviews through the API server.
@@ -265,7 +266,7 @@ mod tests {
         });
         assert_eq!(
             outcome(&sa).expect("status"),
-            TokenOutcome::Authenticated(UserInfo {
+            TokenOutcome::Authenticated(Arc::new(UserInfo {
                 name: "system:serviceaccount:default:app".into(),
                 uid: "42".into(),
                 groups: vec![
@@ -276,7 +277,7 @@ mod tests {
                     "authentication.kubernetes.io/pod-name".to_owned(),
                     vec!["app-1".to_owned()]
                 )]),
-            })
+            }))
         );
 
         let cases = [
@@ -347,10 +348,10 @@ mod tests {
                     });
                 }
                 Ok(match token {
-                    "good" => TokenOutcome::Authenticated(UserInfo {
+                    "good" => TokenOutcome::Authenticated(Arc::new(UserInfo {
                         name: "alice".into(),
                         ..Default::default()
-                    }),
+                    })),
                     _ => TokenOutcome::Rejected("invalid bearer token".into()),
                 })
             }

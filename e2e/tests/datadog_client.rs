@@ -173,122 +173,94 @@ async fn thirty_six_queries_make_two_calls_mapped_by_query_index() {
     assert_eq!(r.telemetry().snapshot().requests_success, 2);
 }
 
-#[tokio::test]
-async fn server_errors_are_retried_until_success() {
+/// Two faulty calls, then a normal one: the resolution succeeds on the third attempt, and the
+/// double recorded `statuses` (`None`: a connection dropped without an answer).
+async fn retried_until_success(faults: [Fault; 2], statuses: [Option<StatusCode>; 3]) {
     setup();
     let dd = DatadogDouble::start().await.unwrap();
     let queries = queries_with_series(&dd, 2);
-    dd.push_faults(
-        Route::Query,
+    dd.push_faults(Route::Query, faults);
+    let r = resolver(&dd, 35);
+    let got = r.resolve_at(&queries, now_s()).await.unwrap();
+    assert_eq!(value(&got[&queries[0]]), 0.0);
+    assert_eq!(value(&got[&queries[1]]), 1.0);
+    let seen: Vec<Option<StatusCode>> = dd
+        .requests_to("/api/v1/query")
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(seen, statuses);
+    let t = r.telemetry().snapshot();
+    assert_eq!((t.requests_success, t.requests_error, t.retries), (1, 0, 2));
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_success() {
+    retried_until_success(
         [
             Fault::Status(StatusCode::SERVICE_UNAVAILABLE),
             Fault::Status(StatusCode::BAD_GATEWAY),
         ],
-    );
-    let r = resolver(&dd, 35);
-    let got = r.resolve_at(&queries, now_s()).await.unwrap();
-    assert_eq!(value(&got[&queries[1]]), 1.0);
-    let statuses: Vec<Option<StatusCode>> = dd
-        .requests_to("/api/v1/query")
-        .iter()
-        .map(|r| r.status)
-        .collect();
-    assert_eq!(
-        statuses,
         [
             Some(StatusCode::SERVICE_UNAVAILABLE),
             Some(StatusCode::BAD_GATEWAY),
-            Some(StatusCode::OK)
-        ]
-    );
-    let t = r.telemetry().snapshot();
-    assert_eq!((t.requests_success, t.requests_error, t.retries), (1, 0, 2));
+            Some(StatusCode::OK),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn network_errors_are_retried_until_success() {
-    setup();
-    let dd = DatadogDouble::start().await.unwrap();
-    let queries = queries_with_series(&dd, 2);
-    dd.push_faults(Route::Query, [Fault::Disconnect, Fault::Disconnect]);
-    let r = resolver(&dd, 35);
-    let got = r.resolve_at(&queries, now_s()).await.unwrap();
-    assert_eq!(value(&got[&queries[0]]), 0.0);
-    assert_eq!(value(&got[&queries[1]]), 1.0);
-    let statuses: Vec<Option<StatusCode>> = dd
-        .requests_to("/api/v1/query")
-        .iter()
-        .map(|r| r.status)
-        .collect();
-    // The two dropped connections were never answered.
-    assert_eq!(statuses, [None, None, Some(StatusCode::OK)]);
-    let t = r.telemetry().snapshot();
-    assert_eq!((t.requests_success, t.requests_error, t.retries), (1, 0, 2));
+    retried_until_success(
+        [Fault::Disconnect, Fault::Disconnect],
+        [None, None, Some(StatusCode::OK)],
+    )
+    .await;
 }
 
-#[tokio::test]
-async fn network_errors_past_the_retry_budget_fail_the_chunk_without_backoff() {
+/// A fault on every call: the chunk is retried for ~3 s (exponential backoff from 250 ms
+/// holds a handful of attempts), then every query fails with `reason_prefix`. The fault is
+/// not the queries' doing, so none is put in backoff: they are asked again next time.
+async fn a_lasting_fault_fails_the_chunk_after_retries(fault: Fault, reason_prefix: &str) {
     setup();
     let dd = DatadogDouble::start().await.unwrap();
     let queries = queries_with_series(&dd, 2);
-    dd.set_sticky_fault(Route::Query, Some(Fault::Disconnect));
+    dd.set_sticky_fault(Route::Query, Some(fault.clone()));
     let r = resolver(&dd, 35);
     let got = r.resolve_at(&queries, now_s()).await.unwrap();
     for q in &queries {
         let why = reason(&got[q]);
-        assert!(
-            why.starts_with("request to Datadog failed"),
-            "the reason names the failed call: {why}"
-        );
+        assert!(why.starts_with(reason_prefix), "{fault:?}: {why}");
     }
     let attempts = dd.requests_to("/api/v1/query").len();
     assert!(
         (2..=6).contains(&attempts),
-        "a network error is retried for ~3 s: {attempts} attempt(s)"
+        "{fault:?} must be retried for ~3 s: {attempts} attempt(s)"
     );
     let t = r.telemetry().snapshot();
     assert_eq!((t.requests_success, t.requests_error), (0, 1));
     assert_eq!(t.retries, attempts as u64 - 1);
-    // The network is not the queries' fault: they are asked again next time.
     dd.clear_faults();
     let got = r.resolve_at(&queries, now_s()).await.unwrap();
+    assert_eq!(value(&got[&queries[0]]), 0.0);
     assert_eq!(value(&got[&queries[1]]), 1.0);
     assert_eq!(r.telemetry().snapshot().queries_in_backoff, 0);
 }
 
 #[tokio::test]
+async fn network_errors_past_the_retry_budget_fail_the_chunk_without_backoff() {
+    a_lasting_fault_fails_the_chunk_after_retries(Fault::Disconnect, "request to Datadog failed")
+        .await;
+}
+
+#[tokio::test]
 async fn server_errors_past_the_retry_budget_fail_the_chunk() {
-    setup();
-    let dd = DatadogDouble::start().await.unwrap();
-    let queries = queries_with_series(&dd, 2);
-    dd.set_sticky_fault(
-        Route::Query,
-        Some(Fault::Status(StatusCode::INTERNAL_SERVER_ERROR)),
-    );
-    let r = resolver(&dd, 35);
-    let got = r.resolve_at(&queries, now_s()).await.unwrap();
-    for q in &queries {
-        let why = reason(&got[q]);
-        assert!(
-            why.starts_with("API error 500 Internal Server Error"),
-            "{why}"
-        );
-    }
-    let attempts = dd.requests_to("/api/v1/query").len();
-    assert!(
-        attempts >= 2,
-        "a 5xx must be retried, saw {attempts} attempt(s)"
-    );
-    // ~3 s of exponential backoff starting at 250 ms cannot hold more than a handful.
-    assert!(attempts <= 6, "{attempts} attempts");
-    let t = r.telemetry().snapshot();
-    assert_eq!((t.requests_success, t.requests_error), (0, 1));
-    assert_eq!(t.retries, attempts as u64 - 1);
-    // A server error is not the queries' fault: no backoff, asked again next time.
-    dd.clear_faults();
-    let got = r.resolve_at(&queries, now_s()).await.unwrap();
-    assert_eq!(value(&got[&queries[0]]), 0.0);
-    assert_eq!(r.telemetry().snapshot().queries_in_backoff, 0);
+    a_lasting_fault_fails_the_chunk_after_retries(
+        Fault::Status(StatusCode::INTERNAL_SERVER_ERROR),
+        "API error 500 Internal Server Error",
+    )
+    .await;
 }
 
 #[tokio::test]

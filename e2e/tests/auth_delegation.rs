@@ -142,7 +142,7 @@ fn front_proxy_cert(cp: &ControlPlane) -> Result<IssuedCert> {
     })
 }
 
-fn metric(name: &str) -> RequestAttributes {
+fn metric(name: &str) -> RequestAttributes<'_> {
     RequestAttributes::Resource {
         verb: "list".into(),
         group: "external.metrics.k8s.io".into(),

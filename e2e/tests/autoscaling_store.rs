@@ -168,9 +168,10 @@ async fn get(
     metric: &str,
     selector: &str,
 ) -> Result<Vec<MetricValue>, MetricError> {
-    source
+    let values = source
         .get(APPS, metric, &Selector::parse(selector).unwrap())
-        .await
+        .await?;
+    Ok(values.iter().map(|v| MetricValue::clone(v)).collect())
 }
 
 fn key(hpa: &str, metric: &str) -> String {

@@ -30,7 +30,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use crate::autoscaling::hpa::{HpaCatalog, Wanted};
@@ -40,8 +39,11 @@ use crate::autoscaling::telemetry::Telemetry;
 use crate::datadog::query::Aggregator;
 use crate::datadog::response::effective_max_age;
 use crate::datadog::{QueryOutcome, ResolveError, Resolver};
-use crate::external_metrics::api::{MetricError, MetricSource, MetricValue, Readiness};
+use crate::external_metrics::api::{
+    Answer, MetricError, MetricSource, MetricValue, MetricValues, Readiness,
+};
 use crate::external_metrics::selector::Selector;
+use crate::external_metrics::types::PublishedValue;
 
 /// Outcomes of recent Datadog queries, by query. Filled by the refresher and by on-demand
 /// lookups.
@@ -205,6 +207,13 @@ pub fn lookup_store(
     Lookup::Values(values)
 }
 
+fn published(values: Vec<MetricValue>) -> MetricValues {
+    values
+        .into_iter()
+        .map(|v| Arc::new(PublishedValue::new(v)))
+        .collect()
+}
+
 fn stale_value(metric: &str, timestamp: i64, now: i64, limit: i64) -> Option<MetricError> {
     let age = now.saturating_sub(timestamp);
     (age > limit).then(|| MetricError::Stale {
@@ -357,15 +366,32 @@ impl DatadogMetricSource {
         metric: &str,
         selector: &Selector,
         now: i64,
-    ) -> Result<Vec<MetricValue>, MetricError> {
+    ) -> Result<MetricValues, MetricError> {
+        self.answer_at(namespace, metric, selector, now).await
+    }
+
+    /// [`get_at`](Self::get_at), answered at once from the store when it holds the metric;
+    /// only a miss waits (for the HPA catalog and Datadog).
+    fn answer_at<'a>(
+        &'a self,
+        namespace: &'a str,
+        metric: &'a str,
+        selector: &'a Selector,
+        now: i64,
+    ) -> Answer<'a, Result<MetricValues, MetricError>> {
         let store = self.store();
         match lookup_store(&store, namespace, metric, selector, now, &self.settings) {
             Lookup::Values(values) => {
                 self.telemetry.store_hit();
-                Ok(values)
+                Answer::ready(Ok(published(values)))
             }
-            Lookup::Error(e) => Err(e),
-            Lookup::Miss => self.on_miss(&store, namespace, metric, selector, now).await,
+            Lookup::Error(e) => Answer::ready(Err(e)),
+            Lookup::Miss => Answer::later(async move {
+                let values = self
+                    .on_miss(&store, namespace, metric, selector, now)
+                    .await?;
+                Ok(published(values))
+            }),
         }
     }
 
@@ -477,18 +503,19 @@ impl MetricSource for DatadogMetricSource {
         namespace: &'a str,
         metric: &'a str,
         selector: &'a Selector,
-    ) -> BoxFuture<'a, Result<Vec<MetricValue>, MetricError>> {
-        Box::pin(self.get_at(
+    ) -> Answer<'a, Result<MetricValues, MetricError>> {
+        self.answer_at(
             namespace,
             metric,
             selector,
             jiff::Timestamp::now().as_second(),
-        ))
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use futures::future::BoxFuture;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -6,11 +6,11 @@
 //! external metrics are cluster-wide values, and namespace scoping is the authorizer's job.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
-use futures::future::BoxFuture;
+use foldhash::fast::RandomState;
 
-use crate::external_metrics::api::{MetricError, MetricSource, MetricValue};
+use crate::external_metrics::api::{Answer, MetricError, MetricSource, MetricValue, MetricValues};
 use crate::external_metrics::selector::Selector;
 
 #[derive(Debug, Default)]
@@ -21,9 +21,9 @@ pub struct InMemorySource {
 #[derive(Debug, Default)]
 struct State {
     /// Lower-cased metric name → its series, one per distinct label set.
-    metrics: HashMap<String, Vec<MetricValue>>,
+    metrics: HashMap<String, MetricValues, RandomState>,
     /// Lower-cased metric name → the error to answer instead of values.
-    failures: HashMap<String, MetricError>,
+    failures: HashMap<String, MetricError, RandomState>,
 }
 
 fn key(metric: &str) -> String {
@@ -55,8 +55,8 @@ impl InMemorySource {
             .iter_mut()
             .find(|s| s.metric_labels == value.metric_labels)
         {
-            Some(existing) => *existing = value,
-            None => series.push(value),
+            Some(existing) => *existing = Arc::new(value.into()),
+            None => series.push(Arc::new(value.into())),
         }
     }
 
@@ -100,7 +100,7 @@ impl InMemorySource {
         namespace: &str,
         metric: &str,
         selector: &Selector,
-    ) -> Result<Vec<MetricValue>, MetricError> {
+    ) -> Result<MetricValues, MetricError> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
         // Requests arrive lower-cased already, so this rarely allocates.
         let k = if metric.chars().any(char::is_uppercase) {
@@ -132,9 +132,8 @@ impl MetricSource for InMemorySource {
         namespace: &'a str,
         metric: &'a str,
         selector: &'a Selector,
-    ) -> BoxFuture<'a, Result<Vec<MetricValue>, MetricError>> {
-        let result = self.lookup(namespace, metric, selector);
-        Box::pin(std::future::ready(result))
+    ) -> Answer<'a, Result<MetricValues, MetricError>> {
+        Answer::ready(self.lookup(namespace, metric, selector))
     }
 }
 

@@ -128,12 +128,16 @@ pub fn negotiate(headers: &HeaderMap, offers: &[Offer]) -> Option<Offer> {
         .filter_map(|v| v.to_str().ok())
         .filter(|v| !v.trim().is_empty())
         .peekable();
-    if values.peek().is_none() {
+    let Some(first) = values.next() else {
         // An Accept header that is not visible ASCII is treated as absent rather than
         // refused: a client that sent garbage has no preference we could honour.
         return offers.first().copied();
+    };
+    if values.peek().is_none() {
+        // One header, as every client but the aggregator sends: nothing to collect.
+        return negotiate_values(&[first], offers);
     }
-    let values: Vec<&str> = values.collect();
+    let values: Vec<&str> = std::iter::once(first).chain(values).collect();
     negotiate_values(&values, offers)
 }
 

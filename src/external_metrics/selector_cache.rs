@@ -7,6 +7,8 @@
 //! Invalid selectors are never kept: each gets its parse error again.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::external_metrics::selector::{self, Selector, SelectorError};
@@ -16,7 +18,7 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 
 #[derive(Debug)]
 pub struct SelectorCache {
-    parsed: RwLock<HashMap<Box<str>, Arc<Selector>>>,
+    parsed: RwLock<HashMap<Box<str>, Arc<Selector>, RandomState>>,
     everything: Arc<Selector>,
     capacity: usize,
 }
@@ -30,7 +32,7 @@ impl Default for SelectorCache {
 impl SelectorCache {
     pub fn new(capacity: usize) -> Self {
         SelectorCache {
-            parsed: RwLock::new(HashMap::new()),
+            parsed: RwLock::new(HashMap::default()),
             everything: Arc::new(Selector::everything()),
             capacity,
         }

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::external_metrics::service::{ExternalMetricsService, ServiceParts};
 use crate::tls::{
-    ClientCaHandle, DEFAULT_RELOAD_INTERVAL, ServerCertResolver, ServerTls, TlsError, default_sans,
+    ClientCaHandle, DEFAULT_RELOAD_INTERVAL, ServeOptions, ServerCertResolver, ServerTls, TlsError,
+    default_sans,
 };
 
 /// How long in-flight requests get after shutdown starts. The aggregator retries elsewhere
@@ -96,5 +97,10 @@ pub async fn serve_on(
     service: ExternalMetricsService,
     shutdown: CancellationToken,
 ) {
-    crate::tls::serve(listener, tls, service, shutdown, DRAIN_PERIOD).await;
+    let options = ServeOptions {
+        drain: DRAIN_PERIOD,
+        ..ServeOptions::default()
+    };
+    let make = move |connection| service.for_connection(connection);
+    crate::tls::serve_connections(listener, tls, make, shutdown, options).await;
 }

@@ -5,11 +5,12 @@
 //! few seconds. Static documents and fixed errors are serialised once in [`ExternalMetricsService::new`];
 //! a request for them costs a route match, the auth calls and a reference-count bump.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, VARY};
@@ -19,7 +20,8 @@ use http_body_util::Full;
 use tokio::sync::watch;
 
 use crate::external_metrics::api::{
-    Authentication, Authenticator, Authorizer, Decision, MetricSource, Readiness, RequestAttributes,
+    Answer, Authentication, Authenticator, Authorizer, Decision, MetricSource, Readiness,
+    RequestAttributes,
 };
 use crate::external_metrics::discovery::DiscoveryDocs;
 use crate::external_metrics::negotiate::{Offer, negotiate};
@@ -30,7 +32,7 @@ use crate::external_metrics::static_doc::StaticDoc;
 use crate::external_metrics::status::{PrebuiltStatus, Status};
 use crate::external_metrics::types::encode_list;
 use crate::external_metrics::{GROUP, VERSION};
-use crate::tls::PeerIdentity;
+use crate::tls::{ConnectionInfo, PeerIdentity};
 
 /// The response body type: every answer is one buffer.
 pub type Body = Full<Bytes>;
@@ -44,10 +46,6 @@ pub struct ServiceParts {
     /// that can make serving impossible (delegated auth, the metric store) sends its own.
     pub readiness: Vec<watch::Receiver<Readiness>>,
 }
-
-/// Requests served without a TLS layer in front (tests, or a caller that does not insert
-/// an identity) are anonymous at the TLS level.
-static ANONYMOUS_PEER: PeerIdentity = PeerIdentity::Anonymous;
 
 const JSON_OFFERS: &[Offer] = &[Offer::Json];
 /// Legacy JSON first: a client that states no preference gets the document every client
@@ -74,6 +72,9 @@ struct Shared {
     method_not_allowed: PrebuiltStatus,
     not_acceptable: PrebuiltStatus,
     selectors: SelectorCache,
+    /// The peer of requests served without a TLS layer in front (tests, or a caller that
+    /// does not insert an identity): anonymous at the TLS level.
+    anonymous: Arc<PeerIdentity>,
 }
 
 impl ExternalMetricsService {
@@ -91,6 +92,7 @@ impl ExternalMetricsService {
                 method_not_allowed: PrebuiltStatus::new(&Status::method_not_allowed()),
                 not_acceptable: PrebuiltStatus::new(&Status::not_acceptable(JSON_TYPES)),
                 selectors: SelectorCache::default(),
+                anonymous: Arc::new(PeerIdentity::Anonymous),
             }),
         }
     }
@@ -103,49 +105,72 @@ impl ExternalMetricsService {
         }
     }
 
-    /// The future `call` boxes. Written as an `async move` block rather than an `async fn`:
-    /// an `async fn` keeps its arguments twice (as captured and as rebound locals), which
-    /// with `Parts` took the box past 1 KiB, beyond what glibc's allocator serves from its
-    /// per-thread cache.
+    /// The request's answer when no seam has to wait (the cache hits and in-memory lookups
+    /// of nearly every request): [`respond`](Self::respond) run once on the stack, with no
+    /// future boxed. `None`: a seam must wait, and the request goes to
+    /// [`handle_parts`](Self::handle_parts).
+    fn respond_now(&self, parts: &Parts, peer: &PeerIdentity) -> Option<Response<Body>> {
+        let future = pin!(self.respond(parts, peer, Pace::Now));
+        match future.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(response) => response,
+            // At `Pace::Now` nothing waits, so this is not reached; were it, the request
+            // would be answered again at `Pace::MayWait`, which is always right.
+            Poll::Pending => None,
+        }
+    }
+
+    /// The future `call` boxes when a seam has to wait. Written as an `async move` block
+    /// rather than an `async fn`: an `async fn` keeps its arguments twice (as captured and
+    /// as rebound locals), which with `Parts` took the box past 1 KiB, beyond what glibc's
+    /// allocator serves from its per-thread cache.
     #[expect(
         clippy::manual_async_fn,
         reason = "the async fn form doubles the arguments"
     )]
-    fn handle_parts(self, parts: Parts) -> impl Future<Output = Response<Body>> + Send {
+    fn handle_parts(
+        self,
+        parts: Parts,
+        peer: Arc<PeerIdentity>,
+    ) -> impl Future<Output = Response<Body>> + Send {
         async move {
-            let response = self.respond(&parts).await;
-            tracing::debug!(
-                method = %parts.method,
-                path = parts.uri.path(),
-                status = response.status().as_u16(),
-                "external metrics request"
-            );
+            let response = self
+                .respond(&parts, &peer, Pace::MayWait)
+                .await
+                // `Pace::MayWait` waits for every answer, so this is not reached.
+                .unwrap_or_else(|| status(&Status::internal("request not answered"), false));
+            log_request(&parts, &response);
             response
         }
     }
 
-    async fn respond(&self, parts: &Parts) -> Response<Body> {
+    /// The answer; `None` only at `Pace::Now`, when a seam's answer is not ready.
+    async fn respond(
+        &self,
+        parts: &Parts,
+        peer: &PeerIdentity,
+        pace: Pace,
+    ) -> Option<Response<Body>> {
         let shared = &*self.shared;
         let route = routes::parse(parts.uri.path(), parts.uri.query());
         let head = parts.method == Method::HEAD;
         if route.is_probe() {
-            return self.probe(&route, &parts.method);
+            return Some(self.probe(&route, &parts.method));
         }
 
-        if let Err(refusal) = self.admit(&route, parts, head).await {
-            return refusal;
+        if let Err(refusal) = self.admit(&route, parts, peer, head, pace).await? {
+            return Some(refusal);
         }
 
         if matches!(route, Route::NotFound) {
-            return prebuilt(&shared.path_not_found, head);
+            return Some(prebuilt(&shared.path_not_found, head));
         }
         if !(parts.method == Method::GET || head) {
-            return method_not_allowed(&shared.method_not_allowed, head);
+            return Some(method_not_allowed(&shared.method_not_allowed, head));
         }
         let headers = &parts.headers;
         let docs = &shared.discovery;
         let openapi = &shared.openapi;
-        match route {
+        let response = match route {
             Route::Version => self.document(&docs.version, headers, head, None),
             Route::Apis => match negotiate(headers, APIS_OFFERS) {
                 Some(offer) => {
@@ -163,7 +188,7 @@ impl ExternalMetricsService {
             Route::OpenApiV3 => self.json_document(&openapi.v3_root, headers, head),
             Route::OpenApiV3GroupVersion => {
                 if negotiate(headers, JSON_OFFERS).is_none() {
-                    return prebuilt(&shared.not_acceptable, head);
+                    return Some(prebuilt(&shared.not_acceptable, head));
                 }
                 // A URL pinned to the current hash never changes meaning, so it may be
                 // cached for good, as Go's OpenAPI v3 handler allows.
@@ -174,53 +199,51 @@ impl ExternalMetricsService {
             }
             Route::Metric(metric) => {
                 if negotiate(headers, JSON_OFFERS).is_none() {
-                    return prebuilt(&shared.not_acceptable, head);
+                    return Some(prebuilt(&shared.not_acceptable, head));
                 }
-                self.metric(metric, head).await
+                return self.metric(metric, head, pace).await;
             }
             Route::Healthz | Route::Livez | Route::Readyz | Route::Ping => {
                 self.probe(&route, &parts.method)
             }
             Route::NotFound => prebuilt(&shared.path_not_found, head),
-        }
+        };
+        Some(response)
     }
 
-    /// Authenticates and authorizes the request; `Err` is the answer to give instead.
-    /// A future of its own, so that the identity and attributes it holds while waiting
-    /// share room with the metric lookup's state in the request's future.
+    /// Authenticates and authorizes the request; `Err` is the answer to give instead;
+    /// `None` as for [`respond`](Self::respond). A future of its own, so that the identity
+    /// and attributes it holds while waiting share room with the metric lookup's state in
+    /// the request's future.
     async fn admit(
         &self,
         route: &Route<'_>,
         parts: &Parts,
+        peer: &PeerIdentity,
         head: bool,
-    ) -> Result<(), Response<Body>> {
+        pace: Pace,
+    ) -> Option<Result<(), Response<Body>>> {
         let shared = &*self.shared;
-        let peer = parts
-            .extensions
-            .get::<Arc<PeerIdentity>>()
-            .map_or(&ANONYMOUS_PEER, |p| p.as_ref());
-        let user = match shared
-            .authenticator
-            .authenticate(peer, &parts.headers)
-            .await
-        {
+        let authentication = shared.authenticator.authenticate(peer, &parts.headers);
+        let user = match settle(authentication, pace).await? {
             Authentication::User(user) => user,
             Authentication::Rejected(reason) => {
                 tracing::debug!(%reason, path = parts.uri.path(), "authentication rejected");
-                return Err(prebuilt(&shared.unauthorized, head));
+                return Some(Err(prebuilt(&shared.unauthorized, head)));
             }
             Authentication::Error(error) => {
                 // The caller is not authenticated, so the backend's error stays in the log.
                 tracing::warn!(%error, "cannot authenticate request");
-                return Err(status(
+                return Some(Err(status(
                     &Status::internal("cannot authenticate the request"),
                     head,
-                ));
+                )));
             }
         };
 
         let attributes = request_attributes(route, &parts.method, parts.uri.path());
-        match shared.authorizer.authorize(&user, &attributes).await {
+        let decision = settle(shared.authorizer.authorize(&user, &attributes), pace).await?;
+        Some(match decision {
             Decision::Allow => Ok(()),
             Decision::Deny(reason) => {
                 tracing::debug!(user = %user.name, ?attributes, %reason, "request forbidden");
@@ -236,11 +259,12 @@ impl ExternalMetricsService {
                     head,
                 ))
             }
-        }
+        })
     }
 
-    /// The metric request, once authorized. An `async move` block rather than an
-    /// `async fn`, which would keep `metric` twice in the request's future.
+    /// The metric request, once authorized; `None` as for [`respond`](Self::respond). An
+    /// `async move` block rather than an `async fn`, which would keep `metric` twice in the
+    /// request's future.
     #[expect(
         clippy::manual_async_fn,
         reason = "the async fn form doubles the arguments"
@@ -249,25 +273,25 @@ impl ExternalMetricsService {
         &'a self,
         metric: MetricRoute<'a>,
         head: bool,
-    ) -> impl Future<Output = Response<Body>> + Send + 'a {
+        pace: Pace,
+    ) -> impl Future<Output = Option<Response<Body>>> + Send + 'a {
         async move {
             let query = match metric.query {
                 Ok(query) => query,
-                Err(error) => return status(&Status::bad_request(error.to_string()), head),
+                Err(error) => return Some(status(&Status::bad_request(error.to_string()), head)),
             };
             if query.watch {
-                return status(&Status::watch_not_supported(&metric.metric), head);
+                return Some(status(&Status::watch_not_supported(&metric.metric), head));
             }
             let selector = match self.shared.selectors.get(query.label_selector.as_deref()) {
                 Ok(selector) => selector,
-                Err(error) => return status(&Status::bad_request(error.to_string()), head),
+                Err(error) => return Some(status(&Status::bad_request(error.to_string()), head)),
             };
-            let values = match self
+            let lookup = self
                 .shared
                 .source
-                .get(&metric.namespace, &metric.metric, &selector)
-                .await
-            {
+                .get(&metric.namespace, &metric.metric, &selector);
+            let values = match settle(lookup, pace).await? {
                 Ok(values) => values,
                 Err(error) => {
                     tracing::debug!(
@@ -276,16 +300,16 @@ impl ExternalMetricsService {
                         %error,
                         "no value to serve"
                     );
-                    return status(&Status::from(&error), head);
+                    return Some(status(&Status::from(&error), head));
                 }
             };
-            match encode_list(&values) {
+            Some(match encode_list(&values) {
                 Ok(body) => json_response(StatusCode::OK, Bytes::from(body), head),
                 Err(error) => {
                     tracing::debug!(%error, "value cannot be served");
                     status(&Status::internal(error.to_string()), head)
                 }
-            }
+            })
         }
     }
 
@@ -373,12 +397,46 @@ impl ExternalMetricsService {
     }
 }
 
+/// Whether answering a request may wait for a seam (authenticator, authorizer, source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pace {
+    /// On the stack, in `call`: a seam that cannot answer at once ends the attempt.
+    Now,
+    /// In the request's own future.
+    MayWait,
+}
+
+/// A seam's answer; `None` when it is not ready and `pace` is `Now`. The unready answer is
+/// then dropped unpolled, which [`Answer`]'s contract makes free of effects, and the
+/// request is answered again at `Pace::MayWait`.
+async fn settle<T>(answer: Answer<'_, T>, pace: Pace) -> Option<T> {
+    match (answer, pace) {
+        (Answer::Ready(Some(value)), _) => Some(value),
+        (later, Pace::MayWait) => Some(later.await),
+        (_, Pace::Now) => None,
+    }
+}
+
+fn log_request(parts: &Parts, response: &Response<Body>) {
+    tracing::debug!(
+        method = %parts.method,
+        path = parts.uri.path(),
+        status = response.status().as_u16(),
+        "external metrics request"
+    );
+}
+
 /// Go's `WithCacheControl` default: API answers depend on who asks, so no shared cache
 /// may keep them.
 const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache, private");
 
 /// The SubjectAccessReview attributes, as Go's RequestInfo derives them (contract §2.3).
-pub fn request_attributes(route: &Route<'_>, method: &Method, raw_path: &str) -> RequestAttributes {
+/// Borrowed from the route and constants: nothing is copied for a request.
+pub fn request_attributes<'a>(
+    route: &'a Route<'_>,
+    method: &Method,
+    raw_path: &'a str,
+) -> RequestAttributes<'a> {
     match route {
         Route::Metric(metric) => {
             let watch = metric.query.as_ref().is_ok_and(|q| q.watch);
@@ -391,25 +449,35 @@ pub fn request_attributes(route: &Route<'_>, method: &Method, raw_path: &str) ->
                 Method::PATCH => "patch",
                 Method::DELETE => "deletecollection",
                 ref other => {
-                    return resource_attributes(&other.as_str().to_ascii_lowercase(), metric);
+                    return resource_attributes(
+                        Cow::Owned(other.as_str().to_ascii_lowercase()),
+                        metric,
+                    );
                 }
             };
-            resource_attributes(verb, metric)
+            resource_attributes(Cow::Borrowed(verb), metric)
         }
         _ => RequestAttributes::NonResource {
-            verb: method.as_str().to_ascii_lowercase(),
-            path: routes::decoded_path(raw_path).into_owned(),
+            verb: match *method {
+                Method::GET => Cow::Borrowed("get"),
+                Method::HEAD => Cow::Borrowed("head"),
+                ref other => Cow::Owned(other.as_str().to_ascii_lowercase()),
+            },
+            path: routes::decoded_path(raw_path),
         },
     }
 }
 
-fn resource_attributes(verb: &str, metric: &MetricRoute<'_>) -> RequestAttributes {
+fn resource_attributes<'a>(
+    verb: Cow<'a, str>,
+    metric: &'a MetricRoute<'_>,
+) -> RequestAttributes<'a> {
     RequestAttributes::Resource {
-        verb: verb.to_owned(),
-        group: GROUP.to_owned(),
-        version: VERSION.to_owned(),
-        resource: metric.metric.clone().into_owned(),
-        namespace: metric.namespace.clone().into_owned(),
+        verb,
+        group: Cow::Borrowed(GROUP),
+        version: Cow::Borrowed(VERSION),
+        resource: Cow::Borrowed(&metric.metric),
+        namespace: Cow::Borrowed(&metric.namespace),
     }
 }
 
@@ -504,15 +572,67 @@ impl<B> hyper::service::Service<Request<B>> for ExternalMetricsService {
     type Error = Infallible;
     type Future = ResponseFuture;
 
+    /// Without a connection of its own (tests, or a caller serving it through
+    /// [`tls::serve`](crate::tls::serve)), the peer is what the request's extensions hold.
     fn call(&self, request: Request<B>) -> ResponseFuture {
         let (parts, _body) = request.into_parts();
+        self.start(parts, |parts| {
+            parts
+                .extensions
+                .get::<Arc<PeerIdentity>>()
+                .map_or_else(|| Arc::clone(&self.shared.anonymous), Arc::clone)
+        })
+    }
+}
+
+impl ExternalMetricsService {
+    /// The service of one TLS connection: each request's client identity comes from the
+    /// connection itself, so nothing is inserted into or looked up in the request.
+    pub fn for_connection(&self, connection: ConnectionInfo) -> ConnectionService {
+        ConnectionService {
+            service: self.clone(),
+            connection,
+        }
+    }
+
+    fn start(
+        &self,
+        parts: Parts,
+        peer: impl FnOnce(&Parts) -> Arc<PeerIdentity>,
+    ) -> ResponseFuture {
         if let Some(response) = self.fast_probe(&parts) {
             return ResponseFuture {
                 inner: FutureInner::Ready(Some(response)),
             };
         }
-        ResponseFuture {
-            inner: FutureInner::Pending(Box::pin(self.clone().handle_parts(parts))),
+        let peer = peer(&parts);
+        if let Some(response) = self.respond_now(&parts, &peer) {
+            log_request(&parts, &response);
+            return ResponseFuture {
+                inner: FutureInner::Ready(Some(response)),
+            };
         }
+        ResponseFuture {
+            inner: FutureInner::Pending(Box::pin(self.clone().handle_parts(parts, peer))),
+        }
+    }
+}
+
+/// [`ExternalMetricsService`] bound to one connection; see
+/// [`for_connection`](ExternalMetricsService::for_connection).
+pub struct ConnectionService {
+    service: ExternalMetricsService,
+    connection: ConnectionInfo,
+}
+
+impl<B> hyper::service::Service<Request<B>> for ConnectionService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: Request<B>) -> ResponseFuture {
+        let (parts, _body) = request.into_parts();
+        self.service
+            .start(parts, |_| self.connection.peer_identity())
     }
 }

@@ -119,7 +119,7 @@ impl Status {
                 ..
             } => {
                 let qualified = if group.is_empty() {
-                    resource.clone()
+                    resource.to_string()
                 } else {
                     format!("{resource}.{group}")
                 };
@@ -136,8 +136,8 @@ impl Status {
                         super::goquote::go_quote(group),
                     ),
                     StatusDetails {
-                        group: group.clone(),
-                        kind: resource.clone(),
+                        group: group.to_string(),
+                        kind: resource.to_string(),
                         ..StatusDetails::default()
                     },
                 )
@@ -353,7 +353,7 @@ mod tests {
             group: GROUP.into(),
             version: "v1beta1".into(),
             resource: "m".into(),
-            namespace: String::new(),
+            namespace: "".into(),
         };
         let s = Status::forbidden("bob", &attrs, "no RBAC policy matched");
         assert_eq!(

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http::header::{
     ACCEPT, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
     VARY,
@@ -15,8 +14,8 @@ use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use crate::external_metrics::api::{
-    Authentication, Authenticator, Authorizer, Decision, MetricError, MetricValue, Readiness,
-    RequestAttributes, UserInfo,
+    self, Authentication, Authenticator, Authorizer, Decision, MetricError, MetricValue,
+    MetricValues, Readiness, RequestAttributes, UserInfo,
 };
 use crate::external_metrics::memory::InMemorySource;
 use crate::external_metrics::service::{Body, ExternalMetricsService, ServiceParts};
@@ -38,7 +37,7 @@ impl Authenticator for FakeAuthenticator {
         &'a self,
         peer: &'a PeerIdentity,
         headers: &'a HeaderMap,
-    ) -> BoxFuture<'a, Authentication> {
+    ) -> api::Answer<'a, Authentication> {
         self.calls.lock().unwrap().push(peer.clone());
         let token = headers
             .get(AUTHORIZATION)
@@ -60,7 +59,7 @@ impl Authenticator for FakeAuthenticator {
             (Some(_), _) => Authentication::Rejected("token not recognised".into()),
             (None, _) => Authentication::User(Arc::new(UserInfo::anonymous())),
         };
-        Box::pin(std::future::ready(result))
+        api::Answer::ready(result)
     }
 }
 
@@ -68,25 +67,25 @@ impl Authenticator for FakeAuthenticator {
 /// backend errors); records every review.
 #[derive(Default)]
 struct FakeAuthorizer {
-    reviews: Mutex<Vec<(String, RequestAttributes)>>,
+    reviews: Mutex<Vec<(String, RequestAttributes<'static>)>>,
 }
 
 impl Authorizer for FakeAuthorizer {
     fn authorize<'a>(
         &'a self,
         user: &'a UserInfo,
-        attributes: &'a RequestAttributes,
-    ) -> BoxFuture<'a, Decision> {
+        attributes: &'a RequestAttributes<'a>,
+    ) -> api::Answer<'a, Decision> {
         self.reviews
             .lock()
             .unwrap()
-            .push((user.name.clone(), attributes.clone()));
+            .push((user.name.clone(), attributes.clone().into_owned()));
         let decision = match user.name.as_str() {
             "system:anonymous" => Decision::Deny(String::new()),
             "mallory" => Decision::Error("SubjectAccessReview: connection refused".into()),
             _ => Decision::Allow,
         };
-        Box::pin(std::future::ready(decision))
+        api::Answer::ready(decision)
     }
 }
 
@@ -182,7 +181,7 @@ impl Harness {
         self.send(authed(Method::GET, uri).body(()).unwrap()).await
     }
 
-    fn reviews(&self) -> Vec<(String, RequestAttributes)> {
+    fn reviews(&self) -> Vec<(String, RequestAttributes<'static>)> {
         self.authz.reviews.lock().unwrap().clone()
     }
 
@@ -373,7 +372,7 @@ async fn discovery_paths_are_reviewed_as_non_resource_gets() {
     let paths: Vec<RequestAttributes> = h.reviews().into_iter().map(|(_, a)| a).collect();
     let non_resource = |path: &str| RequestAttributes::NonResource {
         verb: "get".into(),
-        path: path.into(),
+        path: path.to_owned().into(),
     };
     assert_eq!(
         paths,
@@ -508,7 +507,7 @@ async fn other_methods_are_405_on_known_paths_and_404_elsewhere() {
         .into_iter()
         .map(|(_, a)| match a {
             RequestAttributes::Resource { verb, .. }
-            | RequestAttributes::NonResource { verb, .. } => verb,
+            | RequestAttributes::NonResource { verb, .. } => verb.into_owned(),
         })
         .collect();
     assert_eq!(
@@ -898,13 +897,13 @@ async fn namespace_is_passed_to_the_source() {
             namespace: &'a str,
             metric: &'a str,
             selector: &'a crate::external_metrics::selector::Selector,
-        ) -> BoxFuture<'a, Result<Vec<MetricValue>, MetricError>> {
+        ) -> api::Answer<'a, Result<MetricValues, MetricError>> {
             self.0.lock().unwrap().push((
                 namespace.to_owned(),
                 metric.to_owned(),
                 selector.to_string(),
             ));
-            Box::pin(std::future::ready(Ok(Vec::new())))
+            api::Answer::ready(Ok(Vec::new()))
         }
     }
     let source = Arc::new(Recording::default());
@@ -938,6 +937,125 @@ async fn namespace_is_passed_to_the_source() {
         .handle(Request::get("/readyz").body(()).unwrap())
         .await;
     assert_eq!(ready.status(), StatusCode::OK);
+}
+
+/// Seams that cannot answer at once (a TokenReview, a SubjectAccessReview, a Datadog query
+/// on a miss) are awaited: the request is first tried within `call`, and an answer that is
+/// not ready is dropped unpolled and asked for again in the request's own future.
+#[tokio::test]
+async fn seams_that_must_wait_are_awaited() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    struct Slow {
+        asked: AtomicUsize,
+        polled: Arc<AtomicUsize>,
+    }
+    impl crate::external_metrics::api::MetricSource for Slow {
+        fn get<'a>(
+            &'a self,
+            _namespace: &'a str,
+            metric: &'a str,
+            _selector: &'a crate::external_metrics::selector::Selector,
+        ) -> api::Answer<'a, Result<MetricValues, MetricError>> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let polled = Arc::clone(&self.polled);
+            api::Answer::later(async move {
+                polled.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                let value = MetricValue {
+                    metric_name: metric.to_owned(),
+                    metric_labels: BTreeMap::new(),
+                    timestamp: 1_700_000_000,
+                    window_seconds: None,
+                    value: 2.0,
+                };
+                Ok(vec![Arc::new(value.into())])
+            })
+        }
+    }
+    /// Allows after a pause.
+    struct SlowAuthorizer;
+    impl Authorizer for SlowAuthorizer {
+        fn authorize<'a>(
+            &'a self,
+            _user: &'a UserInfo,
+            _attributes: &'a RequestAttributes<'a>,
+        ) -> api::Answer<'a, Decision> {
+            api::Answer::later(async {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                Decision::Allow
+            })
+        }
+    }
+
+    let source = Arc::new(Slow::default());
+    let service = ExternalMetricsService::new(ServiceParts {
+        authenticator: Arc::new(FakeAuthenticator::default()),
+        authorizer: Arc::new(SlowAuthorizer),
+        source: source.clone(),
+        readiness: Vec::new(),
+    });
+    let response = service
+        .handle(
+            authed(Method::GET, &metric_uri("default", "queue.depth", None))
+                .body(())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["items"][0]["value"], "2");
+    assert_eq!(doc["items"][0]["metricName"], "queue.depth");
+    // The authorizer made the first attempt stop before the source; the awaited attempt
+    // asked it once and polled what it answered once.
+    assert_eq!(source.asked.load(Ordering::SeqCst), 1);
+    assert_eq!(source.polled.load(Ordering::SeqCst), 1);
+}
+
+/// With a ready authorizer, only the source waits: its first answer is dropped unpolled.
+#[tokio::test]
+async fn a_source_that_must_wait_is_asked_again_and_polled_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    struct Later {
+        asked: AtomicUsize,
+        polled: Arc<AtomicUsize>,
+    }
+    impl crate::external_metrics::api::MetricSource for Later {
+        fn get<'a>(
+            &'a self,
+            _namespace: &'a str,
+            _metric: &'a str,
+            _selector: &'a crate::external_metrics::selector::Selector,
+        ) -> api::Answer<'a, Result<MetricValues, MetricError>> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            let polled = Arc::clone(&self.polled);
+            api::Answer::later(async move {
+                polled.fetch_add(1, Ordering::SeqCst);
+                Err(MetricError::Unavailable("warming up".into()))
+            })
+        }
+    }
+    let source = Arc::new(Later::default());
+    let service = ExternalMetricsService::new(ServiceParts {
+        authenticator: Arc::new(FakeAuthenticator::default()),
+        authorizer: Arc::new(FakeAuthorizer::default()),
+        source: source.clone(),
+        readiness: Vec::new(),
+    });
+    let response = service
+        .handle(
+            authed(Method::GET, &metric_uri("default", "m", None))
+                .body(())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(source.asked.load(Ordering::SeqCst), 2);
+    assert_eq!(source.polled.load(Ordering::SeqCst), 1);
 }
 
 /// The whole stack over real TLS: rustls client, `crate::tls::serve`, HTTP/1.1 and HTTP/2,

@@ -2,6 +2,8 @@
 //! Go's, nothing is built twice, and a value that cannot be a Quantity is an error instead
 //! of a number the HPA would misread.
 
+use std::sync::{Arc, OnceLock};
+
 use crate::external_metrics::api::MetricValue;
 use crate::external_metrics::quantity::{self, QuantityError};
 
@@ -34,19 +36,115 @@ const LIST_SUFFIX: &str = "]}";
 /// * `timestamp` is RFC 3339 in UTC with second precision, as `metav1.Time` writes it;
 /// * `window` is omitted when unknown, as Go's `omitempty` does;
 /// * `value` is the canonical Quantity string.
-pub fn encode_list(values: &[MetricValue]) -> Result<Vec<u8>, EncodeError> {
-    let capacity =
-        LIST_PREFIX.len() + LIST_SUFFIX.len() + values.iter().map(item_capacity).sum::<usize>();
+pub fn encode_list<V: ListItem>(values: &[V]) -> Result<Vec<u8>, EncodeError> {
+    let capacity = LIST_PREFIX.len()
+        + LIST_SUFFIX.len()
+        + values.iter().map(|v| v.capacity() + 1).sum::<usize>();
     let mut out = String::with_capacity(capacity);
     out.push_str(LIST_PREFIX);
     for (i, v) in values.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        write_item(&mut out, v)?;
+        v.write_to(&mut out)?;
     }
     out.push_str(LIST_SUFFIX);
     Ok(out.into_bytes())
+}
+
+/// One item of an `ExternalMetricValueList`, as it is written on the wire.
+pub trait ListItem {
+    fn write_to(&self, out: &mut String) -> Result<(), EncodeError>;
+    /// Bytes `write_to` is expected to write, so the list is allocated once.
+    fn capacity(&self) -> usize;
+}
+
+impl ListItem for MetricValue {
+    fn write_to(&self, out: &mut String) -> Result<(), EncodeError> {
+        write_item(out, self)
+    }
+
+    fn capacity(&self) -> usize {
+        item_capacity(self)
+    }
+}
+
+impl<T: ListItem> ListItem for Arc<T> {
+    fn write_to(&self, out: &mut String) -> Result<(), EncodeError> {
+        T::write_to(self, out)
+    }
+
+    fn capacity(&self) -> usize {
+        T::capacity(self)
+    }
+}
+
+/// A value as a source publishes it: immutable, shared by every request that serves it,
+/// and written in its wire form once, when first served, rather than for every request
+/// (the HPA controller asks for the same value every 15 s, from each replica).
+#[derive(Debug)]
+pub struct PublishedValue {
+    value: MetricValue,
+    wire: OnceLock<Result<Box<str>, EncodeError>>,
+}
+
+impl PublishedValue {
+    pub fn new(value: MetricValue) -> Self {
+        PublishedValue {
+            value,
+            wire: OnceLock::new(),
+        }
+    }
+
+    pub fn value(&self) -> &MetricValue {
+        &self.value
+    }
+
+    /// The item's JSON, as [`encode_list`] writes it for the plain value.
+    pub fn wire(&self) -> Result<&str, EncodeError> {
+        let wire = self.wire.get_or_init(|| {
+            let mut out = String::with_capacity(item_capacity(&self.value));
+            write_item(&mut out, &self.value).map(|()| out.into_boxed_str())
+        });
+        match wire {
+            Ok(json) => Ok(json),
+            Err(error) => Err(error.clone()),
+        }
+    }
+}
+
+impl From<MetricValue> for PublishedValue {
+    fn from(value: MetricValue) -> Self {
+        PublishedValue::new(value)
+    }
+}
+
+impl std::ops::Deref for PublishedValue {
+    type Target = MetricValue;
+
+    fn deref(&self) -> &MetricValue {
+        &self.value
+    }
+}
+
+impl PartialEq for PublishedValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl ListItem for PublishedValue {
+    fn write_to(&self, out: &mut String) -> Result<(), EncodeError> {
+        out.push_str(self.wire()?);
+        Ok(())
+    }
+
+    fn capacity(&self) -> usize {
+        match self.wire.get() {
+            Some(Ok(json)) => json.len(),
+            _ => item_capacity(&self.value),
+        }
+    }
 }
 
 /// Keys, punctuation and the longest timestamp, window and value of one item.
@@ -474,6 +572,31 @@ mod tests {
         }
 
         #[test]
+        fn published_values_encode_as_plain_ones(
+            name in "[a-z.<&\"é]{1,12}",
+            labels in proptest::collection::btree_map("[a-z_]{1,6}", "[a-z0-9<>\"]{0,6}", 0..4),
+            ts in MIN_TIMESTAMP - 10..MAX_TIMESTAMP + 10,
+            window in proptest::option::of(0i64..100_000),
+            v in prop_oneof![quantity_inputs(), Just(f64::NAN), Just(f64::INFINITY), Just(1e300)],
+        ) {
+            let plain = vec![MetricValue {
+                metric_name: name,
+                metric_labels: labels,
+                timestamp: ts,
+                window_seconds: window,
+                value: v,
+            }; 2];
+            let published: Vec<Arc<PublishedValue>> =
+                plain.iter().map(|p| Arc::new(PublishedValue::new(p.clone()))).collect();
+            // Twice: the second list reuses the wire forms the first one wrote.
+            // Errors compare by message: a NaN in them is not equal to itself.
+            let want = encode_list(&plain).map_err(|e| e.to_string());
+            for _ in 0..2 {
+                prop_assert_eq!(encode_list(&published).map_err(|e| e.to_string()), want.clone());
+            }
+        }
+
+        #[test]
         fn json_strings_match_the_reference(
             s in prop_oneof![any::<String>(), "[a-z<>&\"\\\\\u{2028}\u{2029}\u{1}\u{7f}é€]{0,12}"],
         ) {
@@ -481,6 +604,23 @@ mod tests {
             write_json_string(&mut out, &s);
             prop_assert_eq!(out, reference_json_string(&s));
         }
+    }
+
+    #[test]
+    fn a_published_value_is_written_once() {
+        let published =
+            PublishedValue::new(value("m", &[("app", "web")], 1_700_000_000, None, 1.5));
+        let first = published.wire().unwrap();
+        let second = published.wire().unwrap();
+        assert!(std::ptr::eq(first, second));
+        assert!(first.starts_with(r#"{"metricName":"m","#), "{first}");
+        assert!(first.ends_with(r#""value":"1500m"}"#), "{first}");
+        // It reads as the value it publishes.
+        assert_eq!(published.metric_labels["app"], "web");
+        assert_eq!(
+            *published.value(),
+            value("m", &[("app", "web")], 1_700_000_000, None, 1.5)
+        );
     }
 
     #[test]

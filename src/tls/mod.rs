@@ -32,7 +32,10 @@ pub use certs::{
 pub use client_auth::{CaBundle, ClientCaHandle};
 pub use config::{ServerTls, server_config};
 pub use identity::PeerIdentity;
-pub use serve::{RemoteAddr, ServeOptions, serve, serve_with_options};
+pub use serve::{
+    ConnectionInfo, RemoteAddr, ServeOptions, TcpKeepalive, configure_stream, serve,
+    serve_connections, serve_with_options,
+};
 
 /// The ALPN identifiers both servers offer, most preferred first.
 pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];

@@ -17,15 +17,35 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::tls::ServerTls;
 use crate::tls::peer::ConnectionPeer;
+use crate::tls::{PeerIdentity, ServerTls};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// The client's TCP address, inserted into every request's extensions next to
-/// `Arc<PeerIdentity>`.
+/// `Arc<PeerIdentity>` by [`serve`] and [`serve_with_options`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoteAddr(pub SocketAddr);
+
+/// What the TLS layer knows of one connection's client, handed to the service made for
+/// that connection by [`serve_connections`].
+pub struct ConnectionInfo {
+    peer: ConnectionPeer,
+    remote: SocketAddr,
+}
+
+impl ConnectionInfo {
+    /// The client's identity for a request arriving now: it follows
+    /// [`ClientCaHandle::set_bundles`](crate::tls::ClientCaHandle::set_bundles) and
+    /// certificate expiry even on a connection opened earlier.
+    pub fn peer_identity(&self) -> Arc<PeerIdentity> {
+        self.peer.current()
+    }
+
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+}
 
 /// Tunables of [`serve_with_options`].
 #[derive(Debug, Clone)]
@@ -39,10 +59,62 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// HTTP/2 streams allowed per connection.
     pub max_concurrent_streams: u32,
-    /// Interval of HTTP/2 PINGs; a peer that does not answer within 20 s is dropped. Reaps
-    /// connections from peers that vanished (e.g. a partitioned kube-apiserver), which
-    /// would otherwise stay open forever. `None` disables.
-    pub http2_keep_alive_interval: Option<Duration>,
+    /// TCP keep-alive of accepted connections, which reaps connections from peers that
+    /// vanished (e.g. a partitioned kube-apiserver) and would otherwise stay open forever.
+    /// `None` leaves the system's settings.
+    pub tcp_keepalive: Option<TcpKeepalive>,
+}
+
+/// When the kernel gives up on a silent peer: after `idle` without traffic it sends a probe
+/// every `interval`, and drops the connection once `probes` have gone unanswered; data
+/// left unacknowledged for `idle + probes × interval` drops it too (`TCP_USER_TIMEOUT`).
+///
+/// Done by the kernel rather than with HTTP/2 PINGs, which cost clock reads and timer
+/// work on every request of every connection; Go's servers (kube-apiserver's included)
+/// rely on TCP keep-alive the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub probes: u32,
+}
+
+impl Default for TcpKeepalive {
+    /// A dead peer is dropped about 80 s after its last sign of life.
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            probes: 2,
+        }
+    }
+}
+
+impl TcpKeepalive {
+    /// How long unacknowledged data may wait before the connection is dropped.
+    pub fn user_timeout(&self) -> Duration {
+        self.idle + self.interval * self.probes
+    }
+}
+
+/// Applies TCP_NODELAY and the keep-alive settings to an accepted connection.
+pub fn configure_stream(
+    stream: &TcpStream,
+    keepalive: Option<&TcpKeepalive>,
+) -> std::io::Result<()> {
+    // Request/response traffic is small and latency-bound.
+    stream.set_nodelay(true)?;
+    if let Some(k) = keepalive {
+        let socket = socket2::SockRef::from(stream);
+        socket.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(k.idle)
+                .with_interval(k.interval)
+                .with_retries(k.probes),
+        )?;
+        socket.set_tcp_user_timeout(Some(k.user_timeout()))?;
+    }
+    Ok(())
 }
 
 impl Default for ServeOptions {
@@ -53,7 +125,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             // Go's net/http2 default, which is what kube-apiserver's clients expect.
             max_concurrent_streams: 250,
-            http2_keep_alive_interval: Some(Duration::from_secs(60)),
+            tcp_keepalive: Some(TcpKeepalive::default()),
         }
     }
 }
@@ -66,7 +138,7 @@ pub async fn serve<S, B>(
     shutdown: CancellationToken,
     drain: Duration,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + Send + 'static,
@@ -99,13 +171,40 @@ pub async fn serve_with_options<S, B>(
     shutdown: CancellationToken,
     options: ServeOptions,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let make = move |connection| WithConnectionInfo {
+        inner: service.clone(),
+        connection,
+    };
+    serve_connections(listener, tls, make, shutdown, options).await;
+}
+
+/// [`serve_with_options`] for a service made per connection by `make`, which receives what
+/// the TLS layer knows of the client ([`ConnectionInfo`]) instead of finding it in every
+/// request's extensions: that saves the extension map each request would otherwise
+/// allocate.
+pub async fn serve_connections<M, S, B>(
+    listener: TcpListener,
+    tls: ServerTls,
+    make: M,
+    shutdown: CancellationToken,
+    options: ServeOptions,
+) where
+    M: Fn(ConnectionInfo) -> S + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let make = Arc::new(make);
     let builders = Arc::new(Builders::new(&options));
     let acceptor = TlsAcceptor::from(Arc::clone(tls.config()));
     let graceful = GracefulShutdown::new();
@@ -124,9 +223,10 @@ pub async fn serve_with_options<S, B>(
                         acceptor: acceptor.clone(),
                         tls: tls.clone(),
                         builders: Arc::clone(&builders),
-                        service: service.clone(),
+                        make: Arc::clone(&make),
                         shutdown: shutdown.clone(),
                         handshake_timeout: options.handshake_timeout,
+                        tcp_keepalive: options.tcp_keepalive,
                     };
                     // Taken before the task starts so that shutdown waits for this
                     // connection even while it is still handshaking.
@@ -209,9 +309,7 @@ impl Builders {
             .header_read_timeout(options.header_read_timeout);
         base.http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(options.max_concurrent_streams)
-            .keep_alive_interval(options.http2_keep_alive_interval)
-            .keep_alive_timeout(Duration::from_secs(20));
+            .max_concurrent_streams(options.max_concurrent_streams);
         Self {
             http1: base.clone().http1_only(),
             http2: base.http2_only(),
@@ -219,22 +317,24 @@ impl Builders {
     }
 }
 
-struct Connection<S> {
+struct Connection<M> {
     acceptor: TlsAcceptor,
     tls: ServerTls,
     builders: Arc<Builders>,
-    service: S,
+    make: Arc<M>,
     shutdown: CancellationToken,
     handshake_timeout: Duration,
+    tcp_keepalive: Option<TcpKeepalive>,
 }
 
-impl<S> Connection<S> {
-    async fn run<B>(
+impl<M> Connection<M> {
+    async fn run<S, B>(
         self,
         stream: TcpStream,
         remote: SocketAddr,
         watcher: hyper_util::server::graceful::Watcher,
     ) where
+        M: Fn(ConnectionInfo) -> S,
         S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
@@ -242,9 +342,8 @@ impl<S> Connection<S> {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        // Request/response traffic is small and latency-bound.
-        if let Err(err) = stream.set_nodelay(true) {
-            tracing::debug!(%remote, error = %err, "cannot set TCP_NODELAY");
+        if let Err(err) = configure_stream(&stream, self.tcp_keepalive.as_ref()) {
+            tracing::debug!(%remote, error = %err, "cannot set TCP options");
         }
         let handshake = tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream));
         let tls_stream = tokio::select! {
@@ -269,11 +368,7 @@ impl<S> Connection<S> {
         } else {
             &self.builders.http1
         };
-        let service = WithConnectionInfo {
-            inner: self.service,
-            peer,
-            remote: RemoteAddr(remote),
-        };
+        let service = (self.make)(ConnectionInfo { peer, remote });
         let connection = builder.serve_connection(TokioIo::new(tls_stream), service);
         if let Err(err) = watcher.watch(connection).await {
             tracing::debug!(%remote, error = %err, "HTTPS connection ended with an error");
@@ -281,12 +376,11 @@ impl<S> Connection<S> {
     }
 }
 
-/// Adds the connection's identity, as of now, and address to each request before the
-/// application sees it.
+/// Adds the connection's identity, as of now, and address to each request before a service
+/// that knows nothing of connections sees it.
 struct WithConnectionInfo<S> {
     inner: S,
-    peer: ConnectionPeer,
-    remote: RemoteAddr,
+    connection: ConnectionInfo,
 }
 
 impl<S> Service<Request<Incoming>> for WithConnectionInfo<S>
@@ -299,8 +393,8 @@ where
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let extensions = request.extensions_mut();
-        extensions.insert(self.peer.current());
-        extensions.insert(self.remote);
+        extensions.insert(self.connection.peer_identity());
+        extensions.insert(RemoteAddr(self.connection.remote));
         self.inner.call(request)
     }
 }

@@ -1348,3 +1348,56 @@ async fn stalled_handshakes_and_request_heads_are_timed_out() {
     server.next_seen().await;
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// TCP options of accepted connections
+
+#[tokio::test]
+async fn accepted_connections_get_nodelay_and_keepalive() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _client = TcpStream::connect(addr).await.unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+
+    let keepalive = crate::tls::TcpKeepalive::default();
+    crate::tls::configure_stream(&accepted, Some(&keepalive)).unwrap();
+    let socket = socket2::SockRef::from(&accepted);
+    assert!(accepted.nodelay().unwrap());
+    assert!(socket.keepalive().unwrap());
+    assert_eq!(
+        socket.tcp_keepalive_time().unwrap(),
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        socket.tcp_keepalive_interval().unwrap(),
+        Duration::from_secs(10)
+    );
+    assert_eq!(socket.tcp_keepalive_retries().unwrap(), 2);
+    // Unacknowledged data gives up when keep-alive would: 60 s + 2 × 10 s.
+    assert_eq!(
+        socket.tcp_user_timeout().unwrap(),
+        Some(Duration::from_secs(80))
+    );
+}
+
+#[tokio::test]
+async fn keepalive_can_be_left_to_the_system() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _client = TcpStream::connect(addr).await.unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+
+    crate::tls::configure_stream(&accepted, None).unwrap();
+    let socket = socket2::SockRef::from(&accepted);
+    assert!(accepted.nodelay().unwrap());
+    assert!(!socket.keepalive().unwrap());
+    assert_eq!(socket.tcp_user_timeout().unwrap(), None);
+}
+
+#[test]
+fn serving_keeps_connections_alive_by_default() {
+    assert_eq!(
+        ServeOptions::default().tcp_keepalive,
+        Some(crate::tls::TcpKeepalive::default())
+    );
+}

@@ -25,8 +25,9 @@
 //! * `service`: no server; the service called in a loop, per request cost of each auth
 //!   variant.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +36,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use datadog_cluster_agent::external_metrics::api::{
-    Authentication, Authenticator, Authorizer, Decision, MetricValue, RequestAttributes, UserInfo,
+    Answer, Authentication, Authenticator, Authorizer, Decision, MetricValue, RequestAttributes,
+    UserInfo,
 };
 use datadog_cluster_agent::external_metrics::auth::requestheader::bearer_token;
 use datadog_cluster_agent::external_metrics::auth::{
@@ -45,7 +47,9 @@ use datadog_cluster_agent::external_metrics::auth::{
 use datadog_cluster_agent::external_metrics::{
     ExternalMetricsService, InMemorySource, ServiceParts, serve_on,
 };
-use datadog_cluster_agent::tls::{PeerIdentity, ServerCertResolver, ServerTls};
+use datadog_cluster_agent::tls::{
+    ConnectionInfo, PeerIdentity, ServeOptions, ServerCertResolver, ServerTls, serve_connections,
+};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -73,7 +77,7 @@ struct InProcessTokenReviews {
 }
 
 impl TokenReviewer for InProcessTokenReviews {
-    fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenOutcome, ReviewError>> {
+    fn review<'a>(&'a self, token: &'a str) -> Answer<'a, Result<TokenOutcome, ReviewError>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let outcome = if token == TOKEN {
             TokenOutcome::Authenticated(Arc::new(UserInfo {
@@ -88,7 +92,7 @@ impl TokenReviewer for InProcessTokenReviews {
         } else {
             TokenOutcome::Rejected("invalid bearer token".into())
         };
-        futures::future::ready(Ok(outcome)).boxed()
+        Answer::ready(Ok(outcome))
     }
 }
 
@@ -102,7 +106,7 @@ impl AccessReviewer for InProcessAccessReviews {
     fn review<'a>(
         &'a self,
         _user: &'a UserInfo,
-        _attributes: &'a RequestAttributes,
+        _attributes: &'a RequestAttributes<'a>,
     ) -> BoxFuture<'a, Result<Verdict, ReviewError>> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         futures::future::ready(Ok(Verdict::Allow)).boxed()
@@ -122,8 +126,8 @@ impl Authenticator for BenchAuthenticator {
         &'a self,
         peer: &'a PeerIdentity,
         headers: &'a HeaderMap,
-    ) -> BoxFuture<'a, Authentication> {
-        authenticate_request(peer, headers, &self.config, false, &self.tokens).boxed()
+    ) -> Answer<'a, Authentication> {
+        authenticate_request(peer, headers, &self.config, false, &self.tokens)
     }
 }
 
@@ -151,7 +155,7 @@ impl Authenticator for ReadyAuthenticator {
         &'a self,
         _peer: &'a PeerIdentity,
         headers: &'a HeaderMap,
-    ) -> BoxFuture<'a, Authentication> {
+    ) -> Answer<'a, Authentication> {
         let outcome = match bearer_token(headers) {
             None => Authentication::User(Arc::new(UserInfo::anonymous())),
             Some(token) => match self.users.get(token) {
@@ -159,32 +163,50 @@ impl Authenticator for ReadyAuthenticator {
                 None => Authentication::Rejected("invalid bearer token".into()),
             },
         };
-        futures::future::ready(outcome).boxed()
+        Answer::ready(outcome)
     }
 }
 
 /// Allow for the (user, attributes) pairs of a map filled at start-up: a decision cache
-/// that always hits.
+/// that always hits. Keyed by a SipHash of both, as a hash map of them would be.
 struct ReadyAuthorizer {
-    allowed: HashMap<String, HashSet<RequestAttributes>>,
+    hasher: RandomState,
+    allowed: HashMap<u64, Vec<(String, RequestAttributes<'static>)>>,
+}
+
+impl ReadyAuthorizer {
+    fn new(allowed: impl IntoIterator<Item = (String, RequestAttributes<'static>)>) -> Self {
+        let hasher = RandomState::new();
+        let mut map: HashMap<u64, Vec<_>> = HashMap::new();
+        for (user, attributes) in allowed {
+            let key = hasher.hash_one((&user, &attributes));
+            map.entry(key).or_default().push((user, attributes));
+        }
+        ReadyAuthorizer {
+            hasher,
+            allowed: map,
+        }
+    }
 }
 
 impl Authorizer for ReadyAuthorizer {
     fn authorize<'a>(
         &'a self,
         user: &'a UserInfo,
-        attributes: &'a RequestAttributes,
-    ) -> BoxFuture<'a, Decision> {
-        let allowed = self
-            .allowed
-            .get(&user.name)
-            .is_some_and(|set| set.contains(attributes));
+        attributes: &'a RequestAttributes<'a>,
+    ) -> Answer<'a, Decision> {
+        let key = self.hasher.hash_one((&user.name, attributes));
+        let allowed = self.allowed.get(&key).is_some_and(|pairs| {
+            pairs
+                .iter()
+                .any(|(name, allowed)| *name == user.name && allowed == attributes)
+        });
         let decision = if allowed {
             Decision::Allow
         } else {
             Decision::Deny("not in the ready map".into())
         };
-        futures::future::ready(decision).boxed()
+        Answer::ready(decision)
     }
 }
 
@@ -225,12 +247,12 @@ fn service_with_ready_auth() -> ExternalMetricsService {
         resource: "nginx.net.request_per_s".into(),
         namespace: "default".into(),
     };
-    let allowed = HashMap::from([(user.name.clone(), HashSet::from([attributes]))]);
+    let authorizer = ReadyAuthorizer::new([(user.name.clone(), attributes)]);
     ExternalMetricsService::new(ServiceParts {
         authenticator: Arc::new(ReadyAuthenticator {
             users: HashMap::from([(TOKEN.to_owned(), Arc::new(user))]),
         }),
-        authorizer: Arc::new(ReadyAuthorizer { allowed }),
+        authorizer: Arc::new(authorizer),
         source: Arc::new(source()),
         readiness: Vec::new(),
     })
@@ -299,7 +321,10 @@ async fn serve_bare(
     shutdown: CancellationToken,
 ) {
     let acceptor = TlsAcceptor::from(Arc::clone(tls.config()));
-    let service = FixedService { captured };
+    let service = FixedService {
+        captured,
+        connection: None,
+    };
     loop {
         let (stream, _) = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -334,10 +359,12 @@ async fn serve_bare(
     }
 }
 
-/// The captured answer as a service, for `serve-fixed`.
+/// The captured answer as a service, for `serve-fixed`: like ours, it takes the client's
+/// identity from its connection for every request.
 #[derive(Clone)]
 struct FixedService {
     captured: Arc<Captured>,
+    connection: Option<Arc<ConnectionInfo>>,
 }
 
 impl FixedService {
@@ -359,6 +386,9 @@ impl<B> hyper::service::Service<Request<B>> for FixedService {
     type Future = futures::future::Ready<Result<Self::Response, Infallible>>;
 
     fn call(&self, _request: Request<B>) -> Self::Future {
+        if let Some(connection) = &self.connection {
+            std::hint::black_box(connection.peer_identity());
+        }
         futures::future::ready(Ok(self.respond()))
     }
 }
@@ -502,15 +532,16 @@ async fn main() -> Result<()> {
             match mode.as_str() {
                 "bare" => serve_bare(listener, tls, captured, shutdown).await,
                 "serve-fixed" => {
-                    let service = FixedService { captured };
-                    datadog_cluster_agent::tls::serve(
-                        listener,
-                        tls,
-                        service,
-                        shutdown,
-                        Duration::from_secs(1),
-                    )
-                    .await;
+                    // The loop `serve_on` runs, with what it hands a connection's service.
+                    let options = ServeOptions {
+                        drain: Duration::from_secs(1),
+                        ..ServeOptions::default()
+                    };
+                    let make = move |connection| FixedService {
+                        captured: Arc::clone(&captured),
+                        connection: Some(Arc::new(connection)),
+                    };
+                    serve_connections(listener, tls, make, shutdown, options).await;
                 }
                 _ => serve_on(listener, tls, service, shutdown).await,
             }

@@ -23,8 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use kube::Api;
 use kube::api::PostParams;
 use serde::Serialize;
@@ -35,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::external_metrics::api::{
-    Authentication, Authenticator, Authorizer, Decision, Readiness, RequestAttributes, UserInfo,
+    Answer, Authentication, Authenticator, Authorizer, Decision, Readiness, RequestAttributes,
+    UserInfo,
 };
 use crate::tls::{ClientCaHandle, PeerIdentity};
 
@@ -178,34 +177,56 @@ pub(crate) struct Trust {
 
 /// The full authenticator chain for one request: certificate authenticators, then the
 /// bearer token, then anonymous (kube's delegating authenticator with anonymous enabled).
-pub async fn authenticate_request<T: TokenReviewer + ?Sized>(
+pub fn authenticate_request<'a, T: TokenReviewer + ?Sized>(
     peer: &PeerIdentity,
-    headers: &http::HeaderMap,
+    headers: &'a http::HeaderMap,
     config: &AuthConfig,
     requestheader_within_client_ca: bool,
-    tokens: &T,
-) -> Authentication {
-    let mut errors = match requestheader::authenticate_certificate(
+    tokens: &'a T,
+) -> Answer<'a, Authentication> {
+    let errors = match requestheader::authenticate_certificate(
         peer,
         headers,
         config,
         requestheader_within_client_ca,
     ) {
         CertOutcome::User(user) => {
-            return Authentication::User(Arc::new(requestheader::with_authenticated_group(user)));
+            return Answer::ready(Authentication::User(Arc::new(
+                requestheader::with_authenticated_group(user),
+            )));
         }
         CertOutcome::NotAuthenticated { errors } => errors,
     };
-    if let Some(token) = requestheader::bearer_token(headers) {
-        match tokens.review(token).await {
-            Ok(TokenOutcome::Authenticated(user)) => {
-                return Authentication::User(requestheader::shared_with_authenticated_group(user));
-            }
-            Ok(TokenOutcome::Rejected(reason)) => errors.push(reason),
-            // The token may well be valid: not a 401 but "could not ask".
-            Err(error) => return Authentication::Error(error.to_string()),
-        }
+    let Some(token) = requestheader::bearer_token(headers) else {
+        return Answer::ready(without_token(errors));
+    };
+    match tokens.review(token) {
+        Answer::Ready(Some(outcome)) => Answer::ready(with_token_outcome(outcome, errors)),
+        pending => Answer::later(async move { with_token_outcome(pending.await, errors) }),
     }
+}
+
+/// The chain's conclusion once the token's review is known; `errors` are the certificate
+/// authenticators'.
+fn with_token_outcome(
+    outcome: Result<TokenOutcome, ReviewError>,
+    mut errors: Vec<String>,
+) -> Authentication {
+    match outcome {
+        Ok(TokenOutcome::Authenticated(user)) => {
+            Authentication::User(requestheader::shared_with_authenticated_group(user))
+        }
+        Ok(TokenOutcome::Rejected(reason)) => {
+            errors.push(reason);
+            without_token(errors)
+        }
+        // The token may well be valid: not a 401 but "could not ask".
+        Err(error) => Authentication::Error(error.to_string()),
+    }
+}
+
+/// Anonymous, unless an authenticator rejected what the request presented.
+fn without_token(errors: Vec<String>) -> Authentication {
     if errors.is_empty() {
         Authentication::User(Arc::new(UserInfo::anonymous()))
     } else {
@@ -376,19 +397,15 @@ impl Authenticator for DelegatingAuth {
         &'a self,
         peer: &'a PeerIdentity,
         headers: &'a http::HeaderMap,
-    ) -> BoxFuture<'a, Authentication> {
-        async move {
-            let trust = self.trust();
-            authenticate_request(
-                peer,
-                headers,
-                &trust.config,
-                trust.requestheader_within_client_ca,
-                &self.tokens,
-            )
-            .await
-        }
-        .boxed()
+    ) -> Answer<'a, Authentication> {
+        let trust = self.trust();
+        authenticate_request(
+            peer,
+            headers,
+            &trust.config,
+            trust.requestheader_within_client_ca,
+            &self.tokens,
+        )
     }
 }
 
@@ -396,8 +413,8 @@ impl Authorizer for DelegatingAuth {
     fn authorize<'a>(
         &'a self,
         user: &'a UserInfo,
-        attributes: &'a RequestAttributes,
-    ) -> BoxFuture<'a, Decision> {
+        attributes: &'a RequestAttributes<'a>,
+    ) -> Answer<'a, Decision> {
         self.authorizer.authorize(user, attributes)
     }
 }
@@ -432,10 +449,7 @@ mod tests {
     }
 
     impl TokenReviewer for Tokens {
-        fn review<'a>(
-            &'a self,
-            token: &'a str,
-        ) -> BoxFuture<'a, Result<TokenOutcome, ReviewError>> {
+        fn review<'a>(&'a self, token: &'a str) -> Answer<'a, Result<TokenOutcome, ReviewError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let outcome = match token {
                 "good" => Ok(TokenOutcome::Authenticated(Arc::new(UserInfo {
@@ -449,7 +463,7 @@ mod tests {
                 }),
                 _ => Ok(TokenOutcome::Rejected("invalid bearer token".into())),
             };
-            futures::future::ready(outcome).boxed()
+            Answer::ready(outcome)
         }
     }
 

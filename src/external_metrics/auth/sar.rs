@@ -2,6 +2,7 @@
 //! with allow and deny decisions cached (10 s each in kube), `system:masters` and the
 //! probe paths allowed without asking (kube's `AlwaysAllowGroups` / `AlwaysAllowPaths`).
 
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -11,11 +12,10 @@ use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::Api;
-use moka::Expiry;
 use moka::future::Cache;
-use std::collections::BTreeMap;
+use moka::{Equivalent, Expiry};
 
-use crate::external_metrics::api::{Authorizer, Decision, RequestAttributes, UserInfo};
+use crate::external_metrics::api::{Answer, Authorizer, Decision, RequestAttributes, UserInfo};
 use crate::external_metrics::auth::ReviewError;
 use crate::external_metrics::auth::readiness::{ReadinessTracker, ReviewApi};
 
@@ -37,7 +37,7 @@ pub trait AccessReviewer: Send + Sync + 'static {
     fn review<'a>(
         &'a self,
         user: &'a UserInfo,
-        attributes: &'a RequestAttributes,
+        attributes: &'a RequestAttributes<'a>,
     ) -> BoxFuture<'a, Result<Verdict, ReviewError>>;
 }
 
@@ -50,7 +50,7 @@ fn non_empty(value: &str) -> Option<String> {
 /// `omitempty` does (the core group and cluster scope are "").
 pub fn subject_access_review(
     user: &UserInfo,
-    attributes: &RequestAttributes,
+    attributes: &RequestAttributes<'_>,
 ) -> SubjectAccessReview {
     let (resource_attributes, non_resource_attributes) = match attributes {
         RequestAttributes::Resource {
@@ -181,7 +181,7 @@ impl AccessReviewer for KubeAccessReviewer {
     fn review<'a>(
         &'a self,
         user: &'a UserInfo,
-        attributes: &'a RequestAttributes,
+        attributes: &'a RequestAttributes<'a>,
     ) -> BoxFuture<'a, Result<Verdict, ReviewError>> {
         async move {
             self.calls.fetch_add(1, Ordering::Relaxed);
@@ -196,13 +196,50 @@ impl AccessReviewer for KubeAccessReviewer {
 }
 
 /// Everything a review depends on; two requests with equal keys get the same answer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct ReviewKey {
-    name: String,
-    uid: String,
-    groups: Vec<String>,
-    extra: BTreeMap<String, Vec<String>>,
-    attributes: RequestAttributes,
+    user: UserInfo,
+    attributes: RequestAttributes<'static>,
+}
+
+/// A request's [`ReviewKey`] borrowed from it, to look the cache up without copying the
+/// identity and attributes: both hash as the same sequence of values.
+#[derive(Clone, Copy)]
+struct ReviewQuery<'k> {
+    user: &'k UserInfo,
+    attributes: &'k RequestAttributes<'k>,
+}
+
+impl Hash for ReviewKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        ReviewQuery {
+            user: &self.user,
+            attributes: &self.attributes,
+        }
+        .hash(state);
+    }
+}
+
+impl Hash for ReviewQuery<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.user.hash(state);
+        self.attributes.hash(state);
+    }
+}
+
+impl Equivalent<ReviewKey> for ReviewQuery<'_> {
+    fn equivalent(&self, key: &ReviewKey) -> bool {
+        *self.user == key.user && *self.attributes == key.attributes
+    }
+}
+
+impl ReviewQuery<'_> {
+    fn to_key(self) -> ReviewKey {
+        ReviewKey {
+            user: self.user.clone(),
+            attributes: self.attributes.clone().into_owned(),
+        }
+    }
 }
 
 /// Separate lifetimes for allow and deny entries.
@@ -255,33 +292,48 @@ impl<R: AccessReviewer> CachingAuthorizer<R> {
     }
 
     /// The decision for one request.
-    pub async fn decide(&self, user: &UserInfo, attributes: &RequestAttributes) -> Decision {
+    pub async fn decide(&self, user: &UserInfo, attributes: &RequestAttributes<'_>) -> Decision {
+        if let Some(decision) = self.decide_now(user, attributes) {
+            return decision;
+        }
+        self.review(user, attributes).await
+    }
+
+    /// The decision when it needs no review: a short-circuit, or a cached verdict.
+    fn decide_now(&self, user: &UserInfo, attributes: &RequestAttributes<'_>) -> Option<Decision> {
         if user.groups.iter().any(|g| g == PRIVILEGED_GROUP) {
-            return Decision::Allow;
+            return Some(Decision::Allow);
         }
         if let RequestAttributes::NonResource { path, .. } = attributes
-            && ALWAYS_ALLOW_PATHS.contains(&path.as_str())
+            && ALWAYS_ALLOW_PATHS.contains(&path.as_ref())
         {
-            return Decision::Allow;
+            return Some(Decision::Allow);
         }
-        let key = ReviewKey {
-            name: user.name.clone(),
-            uid: user.uid.clone(),
-            groups: user.groups.clone(),
-            extra: user.extra.clone(),
-            attributes: attributes.clone(),
-        };
-        match self
+        let query = ReviewQuery { user, attributes };
+        // moka's lookup is a future only because it may do housekeeping; if that has to
+        // wait, the request takes the path of a miss, which finds the entry all the same.
+        let verdict = self.cache.get(&query).now_or_never().flatten()?;
+        Some(decision(Ok(verdict), user))
+    }
+
+    /// The cached verdict, or a review shared with concurrent identical requests.
+    async fn review(&self, user: &UserInfo, attributes: &RequestAttributes<'_>) -> Decision {
+        let key = ReviewQuery { user, attributes }.to_key();
+        let verdict = self
             .cache
             .try_get_with(key, self.inner.review(user, attributes))
-            .await
-        {
-            Ok(Verdict::Allow) => Decision::Allow,
-            Ok(Verdict::Deny(reason)) => Decision::Deny(reason),
-            Err(error) => {
-                tracing::warn!(%error, user = %user.name, "authorization failed");
-                Decision::Error(error.to_string())
-            }
+            .await;
+        decision(verdict.map_err(|e| (*e).clone()), user)
+    }
+}
+
+fn decision(verdict: Result<Verdict, ReviewError>, user: &UserInfo) -> Decision {
+    match verdict {
+        Ok(Verdict::Allow) => Decision::Allow,
+        Ok(Verdict::Deny(reason)) => Decision::Deny(reason),
+        Err(error) => {
+            tracing::warn!(%error, user = %user.name, "authorization failed");
+            Decision::Error(error.to_string())
         }
     }
 }
@@ -290,14 +342,19 @@ impl<R: AccessReviewer> Authorizer for CachingAuthorizer<R> {
     fn authorize<'a>(
         &'a self,
         user: &'a UserInfo,
-        attributes: &'a RequestAttributes,
-    ) -> BoxFuture<'a, Decision> {
-        self.decide(user, attributes).boxed()
+        attributes: &'a RequestAttributes<'a>,
+    ) -> Answer<'a, Decision> {
+        match self.decide_now(user, attributes) {
+            Some(decision) => Answer::ready(decision),
+            None => Answer::later(self.review(user, attributes)),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+    use std::collections::BTreeMap;
     use std::sync::Arc;
     use std::sync::Mutex;
 
@@ -318,7 +375,7 @@ mod tests {
         }
     }
 
-    fn metric(resource: &str) -> RequestAttributes {
+    fn metric(resource: &str) -> RequestAttributes<'_> {
         RequestAttributes::Resource {
             verb: "list".into(),
             group: "external.metrics.k8s.io".into(),
@@ -435,20 +492,20 @@ mod tests {
     struct Fake {
         allowed: Vec<String>,
         fail: bool,
-        asked: Arc<Mutex<Vec<(String, RequestAttributes)>>>,
+        asked: Asked,
     }
 
     impl AccessReviewer for Fake {
         fn review<'a>(
             &'a self,
             user: &'a UserInfo,
-            attributes: &'a RequestAttributes,
+            attributes: &'a RequestAttributes<'a>,
         ) -> BoxFuture<'a, Result<Verdict, ReviewError>> {
             async move {
                 self.asked
                     .lock()
                     .expect("lock")
-                    .push((user.name.clone(), attributes.clone()));
+                    .push((user.name.clone(), attributes.clone().into_owned()));
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 if self.fail {
                     return Err(ReviewError::Api {
@@ -467,7 +524,7 @@ mod tests {
         }
     }
 
-    type Asked = Arc<Mutex<Vec<(String, RequestAttributes)>>>;
+    type Asked = Arc<Mutex<Vec<(String, RequestAttributes<'static>)>>>;
 
     fn authorizer(fail: bool, allow: Duration, deny: Duration) -> (CachingAuthorizer<Fake>, Asked) {
         let asked: Asked = Arc::default();
@@ -504,6 +561,89 @@ mod tests {
         authz.decide(&hpa(), &metric("other")).await;
         authz.decide(&user("bob", &["g"]), &metric("m")).await;
         assert_eq!(asked.lock().expect("lock").len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_cached_verdict_is_answered_at_once_for_equal_borrowed_attributes() {
+        let (authz, asked) = authorizer(false, LONG, LONG);
+        let owned = metric("m");
+        assert!(matches!(authz.authorize(&hpa(), &owned), Answer::Later(_)));
+        assert_eq!(authz.authorize(&hpa(), &owned).await, Decision::Allow);
+
+        // The same question asked by another request, its attributes borrowed from it.
+        let resource = String::from("m");
+        let namespace = String::from("default");
+        let borrowed = RequestAttributes::Resource {
+            verb: Cow::Borrowed("list"),
+            group: Cow::Borrowed("external.metrics.k8s.io"),
+            version: Cow::Borrowed("v1beta1"),
+            resource: Cow::Borrowed(&resource),
+            namespace: Cow::Borrowed(&namespace),
+        };
+        assert!(matches!(
+            authz.authorize(&hpa(), &borrowed),
+            Answer::Ready(Some(Decision::Allow))
+        ));
+        assert_eq!(asked.lock().expect("lock").len(), 1);
+
+        // Another user, another group or another metric is not a hit.
+        assert!(matches!(
+            authz.authorize(&user("bob", &[]), &borrowed),
+            Answer::Later(_)
+        ));
+        let mut other_groups = hpa();
+        other_groups.groups.pop();
+        assert!(matches!(
+            authz.authorize(&other_groups, &borrowed),
+            Answer::Later(_)
+        ));
+        assert!(matches!(
+            authz.authorize(&hpa(), &metric("n")),
+            Answer::Later(_)
+        ));
+    }
+
+    #[test]
+    fn borrowed_and_owned_keys_hash_and_compare_alike() {
+        use std::hash::BuildHasher;
+        let hasher = std::hash::RandomState::new();
+        let extra = UserInfo {
+            extra: BTreeMap::from([("scopes".to_owned(), vec!["a".to_owned()])]),
+            uid: "u-1".into(),
+            ..user("alice", &["devs"])
+        };
+        let non_resource = RequestAttributes::NonResource {
+            verb: "get".into(),
+            path: "/apis".into(),
+        };
+        for (u, attributes) in [
+            (hpa(), metric("m")),
+            (extra.clone(), metric("m")),
+            (extra, non_resource.clone()),
+            (user("bob", &[]), non_resource),
+        ] {
+            let query = ReviewQuery {
+                user: &u,
+                attributes: &attributes,
+            };
+            let key = query.to_key();
+            assert_eq!(hasher.hash_one(query), hasher.hash_one(&key));
+            assert!(query.equivalent(&key));
+        }
+        let (a, b) = (metric("m"), metric("n"));
+        let alice = user("alice", &[]);
+        let key = ReviewQuery {
+            user: &alice,
+            attributes: &a,
+        }
+        .to_key();
+        assert!(
+            !ReviewQuery {
+                user: &alice,
+                attributes: &b
+            }
+            .equivalent(&key)
+        );
     }
 
     #[tokio::test]

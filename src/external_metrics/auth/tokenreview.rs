@@ -10,14 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::Api;
 use moka::future::Cache;
 use rustls::SupportedCipherSuite;
 use rustls::crypto::hash::Hash;
 
-use crate::external_metrics::api::UserInfo;
+use crate::external_metrics::api::{Answer, UserInfo};
 use crate::external_metrics::auth::ReviewError;
 use crate::external_metrics::auth::readiness::{ReadinessTracker, ReviewApi};
 
@@ -33,7 +32,7 @@ pub enum TokenOutcome {
 /// Checks bearer tokens. Implemented by [`KubeTokenReviewer`] (the API server) and by
 /// [`CachedTokenReviewer`] around any other implementation.
 pub trait TokenReviewer: Send + Sync + 'static {
-    fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenOutcome, ReviewError>>;
+    fn review<'a>(&'a self, token: &'a str) -> Answer<'a, Result<TokenOutcome, ReviewError>>;
 }
 
 /// The TokenReview to create for `token`. No audiences: the API server's own apply, as
@@ -140,12 +139,11 @@ impl KubeTokenReviewer {
 }
 
 impl TokenReviewer for KubeTokenReviewer {
-    fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenOutcome, ReviewError>> {
-        async move {
+    fn review<'a>(&'a self, token: &'a str) -> Answer<'a, Result<TokenOutcome, ReviewError>> {
+        Answer::later(async move {
             self.calls.fetch_add(1, Ordering::Relaxed);
             outcome(&self.create(token).await?)
-        }
-        .boxed()
+        })
     }
 }
 
@@ -195,14 +193,19 @@ impl<R: TokenReviewer> CachedTokenReviewer<R> {
 }
 
 impl<R: TokenReviewer> TokenReviewer for CachedTokenReviewer<R> {
-    fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenOutcome, ReviewError>> {
-        async move {
+    fn review<'a>(&'a self, token: &'a str) -> Answer<'a, Result<TokenOutcome, ReviewError>> {
+        let key = self.key(token);
+        // A hit is answered at once. moka's lookup is a future only because it may do
+        // housekeeping; if that has to wait, the request takes the path of a miss.
+        if let Some(Some(outcome)) = self.cache.get(&key).now_or_never() {
+            return Answer::ready(Ok(outcome));
+        }
+        Answer::later(async move {
             self.cache
-                .try_get_with(self.key(token), self.inner.review(token))
+                .try_get_with(key, self.inner.review(token))
                 .await
                 .map_err(|e| (*e).clone())
-        }
-        .boxed()
+        })
     }
 }
 
@@ -333,11 +336,8 @@ mod tests {
     }
 
     impl TokenReviewer for Fake {
-        fn review<'a>(
-            &'a self,
-            token: &'a str,
-        ) -> BoxFuture<'a, Result<TokenOutcome, ReviewError>> {
-            async move {
+        fn review<'a>(&'a self, token: &'a str) -> Answer<'a, Result<TokenOutcome, ReviewError>> {
+            Answer::later(async move {
                 self.calls.fetch_add(1, Ordering::SeqCst);
                 // Long enough that concurrent callers overlap.
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -354,8 +354,7 @@ mod tests {
                     })),
                     _ => TokenOutcome::Rejected("invalid bearer token".into()),
                 })
-            }
-            .boxed()
+            })
         }
     }
 
@@ -382,6 +381,20 @@ mod tests {
             ));
         }
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_cached_outcome_is_answered_at_once() {
+        let (reviewer, calls) = cached(false, Duration::from_secs(600));
+        assert!(matches!(reviewer.review("good"), Answer::Later(_)));
+        assert!(reviewer.review("good").await.is_ok());
+        assert!(matches!(
+            reviewer.review("good"),
+            Answer::Ready(Some(Ok(TokenOutcome::Authenticated(_))))
+        ));
+        // An answer dropped unpolled asked nothing: only the awaited review counted.
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(matches!(reviewer.review("other"), Answer::Later(_)));
     }
 
     #[tokio::test]

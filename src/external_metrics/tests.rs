@@ -939,123 +939,106 @@ async fn namespace_is_passed_to_the_source() {
     assert_eq!(ready.status(), StatusCode::OK);
 }
 
+/// A source that always has to wait (as the Datadog source on a store miss), counting how
+/// often it is asked and how often what it answered is polled.
+struct LaterSource {
+    asked: std::sync::atomic::AtomicUsize,
+    polled: Arc<std::sync::atomic::AtomicUsize>,
+    value: Option<f64>,
+}
+
+impl LaterSource {
+    fn new(value: Option<f64>) -> Self {
+        LaterSource {
+            asked: Default::default(),
+            polled: Default::default(),
+            value,
+        }
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        (self.asked.load(SeqCst), self.polled.load(SeqCst))
+    }
+}
+
+impl crate::external_metrics::api::MetricSource for LaterSource {
+    fn get<'a>(
+        &'a self,
+        _namespace: &'a str,
+        metric: &'a str,
+        _selector: &'a crate::external_metrics::selector::Selector,
+    ) -> api::Answer<'a, Result<MetricValues, MetricError>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.asked.fetch_add(1, SeqCst);
+        let polled = Arc::clone(&self.polled);
+        api::Answer::later(async move {
+            polled.fetch_add(1, SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let value = self
+                .value
+                .ok_or(MetricError::Unavailable("warming up".into()))?;
+            let value = MetricValue {
+                metric_name: metric.to_owned(),
+                metric_labels: BTreeMap::new(),
+                timestamp: 1_700_000_000,
+                window_seconds: None,
+                value,
+            };
+            Ok(vec![Arc::new(value.into())])
+        })
+    }
+}
+
+/// Allows after a pause, as a SubjectAccessReview on a cache miss does.
+struct LaterAuthorizer;
+
+impl Authorizer for LaterAuthorizer {
+    fn authorize<'a>(
+        &'a self,
+        _user: &'a UserInfo,
+        _attributes: &'a RequestAttributes<'a>,
+    ) -> api::Answer<'a, Decision> {
+        api::Answer::later(async {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            Decision::Allow
+        })
+    }
+}
+
+async fn get_metric_with(authorizer: Arc<dyn Authorizer>, source: Arc<LaterSource>) -> Answer {
+    let service = ExternalMetricsService::new(ServiceParts {
+        authenticator: Arc::new(FakeAuthenticator::default()),
+        authorizer,
+        source,
+        readiness: Vec::new(),
+    });
+    let request = authed(Method::GET, &metric_uri("default", "queue.depth", None));
+    collect(service.handle(request.body(()).unwrap()).await).await
+}
+
 /// Seams that cannot answer at once (a TokenReview, a SubjectAccessReview, a Datadog query
 /// on a miss) are awaited: the request is first tried within `call`, and an answer that is
 /// not ready is dropped unpolled and asked for again in the request's own future.
 #[tokio::test]
 async fn seams_that_must_wait_are_awaited() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[derive(Default)]
-    struct Slow {
-        asked: AtomicUsize,
-        polled: Arc<AtomicUsize>,
-    }
-    impl crate::external_metrics::api::MetricSource for Slow {
-        fn get<'a>(
-            &'a self,
-            _namespace: &'a str,
-            metric: &'a str,
-            _selector: &'a crate::external_metrics::selector::Selector,
-        ) -> api::Answer<'a, Result<MetricValues, MetricError>> {
-            self.asked.fetch_add(1, Ordering::SeqCst);
-            let polled = Arc::clone(&self.polled);
-            api::Answer::later(async move {
-                polled.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                let value = MetricValue {
-                    metric_name: metric.to_owned(),
-                    metric_labels: BTreeMap::new(),
-                    timestamp: 1_700_000_000,
-                    window_seconds: None,
-                    value: 2.0,
-                };
-                Ok(vec![Arc::new(value.into())])
-            })
-        }
-    }
-    /// Allows after a pause.
-    struct SlowAuthorizer;
-    impl Authorizer for SlowAuthorizer {
-        fn authorize<'a>(
-            &'a self,
-            _user: &'a UserInfo,
-            _attributes: &'a RequestAttributes<'a>,
-        ) -> api::Answer<'a, Decision> {
-            api::Answer::later(async {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                Decision::Allow
-            })
-        }
-    }
-
-    let source = Arc::new(Slow::default());
-    let service = ExternalMetricsService::new(ServiceParts {
-        authenticator: Arc::new(FakeAuthenticator::default()),
-        authorizer: Arc::new(SlowAuthorizer),
-        source: source.clone(),
-        readiness: Vec::new(),
-    });
-    let response = service
-        .handle(
-            authed(Method::GET, &metric_uri("default", "queue.depth", None))
-                .body(())
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(doc["items"][0]["value"], "2");
-    assert_eq!(doc["items"][0]["metricName"], "queue.depth");
-    // The authorizer made the first attempt stop before the source; the awaited attempt
-    // asked it once and polled what it answered once.
-    assert_eq!(source.asked.load(Ordering::SeqCst), 1);
-    assert_eq!(source.polled.load(Ordering::SeqCst), 1);
+    let source = Arc::new(LaterSource::new(Some(2.0)));
+    let answer = get_metric_with(Arc::new(LaterAuthorizer), source.clone()).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.json()["items"][0]["value"], "2");
+    assert_eq!(answer.json()["items"][0]["metricName"], "queue.depth");
+    // The authorizer stopped the first attempt before the source; the awaited attempt
+    // asked the source once and polled its answer once.
+    assert_eq!(source.counts(), (1, 1));
 }
 
-/// With a ready authorizer, only the source waits: its first answer is dropped unpolled.
+/// With a ready authorizer only the source waits: its first answer is dropped unpolled.
 #[tokio::test]
 async fn a_source_that_must_wait_is_asked_again_and_polled_once() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[derive(Default)]
-    struct Later {
-        asked: AtomicUsize,
-        polled: Arc<AtomicUsize>,
-    }
-    impl crate::external_metrics::api::MetricSource for Later {
-        fn get<'a>(
-            &'a self,
-            _namespace: &'a str,
-            _metric: &'a str,
-            _selector: &'a crate::external_metrics::selector::Selector,
-        ) -> api::Answer<'a, Result<MetricValues, MetricError>> {
-            self.asked.fetch_add(1, Ordering::SeqCst);
-            let polled = Arc::clone(&self.polled);
-            api::Answer::later(async move {
-                polled.fetch_add(1, Ordering::SeqCst);
-                Err(MetricError::Unavailable("warming up".into()))
-            })
-        }
-    }
-    let source = Arc::new(Later::default());
-    let service = ExternalMetricsService::new(ServiceParts {
-        authenticator: Arc::new(FakeAuthenticator::default()),
-        authorizer: Arc::new(FakeAuthorizer::default()),
-        source: source.clone(),
-        readiness: Vec::new(),
-    });
-    let response = service
-        .handle(
-            authed(Method::GET, &metric_uri("default", "m", None))
-                .body(())
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(source.asked.load(Ordering::SeqCst), 2);
-    assert_eq!(source.polled.load(Ordering::SeqCst), 1);
+    let source = Arc::new(LaterSource::new(None));
+    let answer = get_metric_with(Arc::new(FakeAuthorizer::default()), source.clone()).await;
+    answer.assert_status(503, "ServiceUnavailable");
+    assert_eq!(source.counts(), (2, 1));
 }
 
 /// The whole stack over real TLS: rustls client, `crate::tls::serve`, HTTP/1.1 and HTTP/2,

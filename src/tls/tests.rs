@@ -1352,13 +1352,19 @@ async fn stalled_handshakes_and_request_heads_are_timed_out() {
 // ---------------------------------------------------------------------------------------
 // TCP options of accepted connections
 
+/// A connected pair over loopback: (client, the server's accepted end).
+async fn accepted_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (accepted, _) = listener.accept().await.unwrap();
+    (client, accepted)
+}
+
 #[tokio::test]
 async fn accepted_connections_get_nodelay_and_keepalive() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let _client = TcpStream::connect(addr).await.unwrap();
-    let (accepted, _) = listener.accept().await.unwrap();
-
+    let (_client, accepted) = accepted_pair().await;
     let keepalive = crate::tls::TcpKeepalive::default();
     crate::tls::configure_stream(&accepted, Some(&keepalive)).unwrap();
     let socket = socket2::SockRef::from(&accepted);
@@ -1382,11 +1388,7 @@ async fn accepted_connections_get_nodelay_and_keepalive() {
 
 #[tokio::test]
 async fn keepalive_can_be_left_to_the_system() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let _client = TcpStream::connect(addr).await.unwrap();
-    let (accepted, _) = listener.accept().await.unwrap();
-
+    let (_client, accepted) = accepted_pair().await;
     crate::tls::configure_stream(&accepted, None).unwrap();
     let socket = socket2::SockRef::from(&accepted);
     assert!(accepted.nodelay().unwrap());

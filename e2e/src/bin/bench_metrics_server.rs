@@ -17,8 +17,8 @@
 //!   in-process reviewers standing in for the API server's TokenReview and
 //!   SubjectAccessReview; after the first request, and once per cache TTL, every request
 //!   is a cache hit, as an HPA's steady polling is.
-//! * `serve-fixed`: [`serve_on`]'s serving loop (`tls::serve`) around a service answering
-//!   the captured response: isolates the loop's cost from the service's.
+//! * `serve-fixed`: [`serve_on`]'s serving loop (`tls::serve_connections`) around a service
+//!   answering the captured response: isolates the loop's cost from the service's.
 //! * `bare`: hyper 1 and tokio-rustls with the same rustls configuration (same builder,
 //!   same certificate, ALPN h2 + http/1.1), answering every request with the status,
 //!   headers and body that `ours` answers the benchmarked request with, captured at start-up.

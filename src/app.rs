@@ -13,8 +13,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::apiserver::seams::Readiness;
 use crate::config::Settings;
-use crate::external_metrics::api::Readiness;
 
 /// How long shutdown waits for subsystems to finish draining before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -88,7 +88,7 @@ fn start_external_metrics(
     shutdown: &CancellationToken,
     tasks: &mut Tasks,
 ) -> anyhow::Result<()> {
-    use crate::external_metrics::auth::{AuthOptions, DelegatingAuth};
+    use crate::apiserver::auth::{AuthOptions, DelegatingAuth};
 
     let resolver = crate::datadog::DatadogResolver::from_settings(settings)
         .context("cannot build the Datadog client for external metrics")?;
@@ -149,7 +149,7 @@ fn start_external_metrics(
     tasks.spawn(
         async move {
             let result =
-                crate::external_metrics::run(&settings, Some(client_ca), parts, stop).await;
+                crate::external_metrics::server::run(&settings, Some(client_ca), parts, stop).await;
             ("external metrics server", result.map_err(Into::into))
         }
         .instrument(tracing::info_span!("external_metrics_server")),

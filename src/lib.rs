@@ -1,6 +1,8 @@
 //! The Datadog Cluster Agent, in Rust: the library behind the `datadog-cluster-agent` binary.
 #![forbid(unsafe_code)]
 
+pub mod apimachinery;
+pub mod apiserver;
 pub mod app;
 pub mod autoscaling;
 pub mod cli;

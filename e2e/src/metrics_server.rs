@@ -22,17 +22,18 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
-use datadog_cluster_agent::config::Settings;
-use datadog_cluster_agent::external_metrics::api::Readiness;
-use datadog_cluster_agent::external_metrics::auth::config::{
+use datadog_cluster_agent::apiserver::auth::config::{
     CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, KEY_REQUESTHEADER_CA,
 };
-use datadog_cluster_agent::external_metrics::auth::watcher::apply_configmap;
-use datadog_cluster_agent::external_metrics::auth::{AuthOptions, DelegatingAuth, ReviewApi};
-use datadog_cluster_agent::external_metrics::server::{CERT_FILE, KEY_FILE, serving_certificate};
-use datadog_cluster_agent::external_metrics::{
-    ExternalMetricsService, InMemorySource, ServiceParts, serve_on,
-};
+use datadog_cluster_agent::apiserver::auth::watcher::apply_configmap;
+use datadog_cluster_agent::apiserver::auth::{AuthOptions, DelegatingAuth, ReviewApi};
+use datadog_cluster_agent::apiserver::seams::Readiness;
+use datadog_cluster_agent::apiserver::server::serve_on;
+use datadog_cluster_agent::apiserver::server::{CERT_FILE, KEY_FILE};
+use datadog_cluster_agent::config::Settings;
+use datadog_cluster_agent::external_metrics::memory::InMemorySource;
+use datadog_cluster_agent::external_metrics::server::serving_certificate;
+use datadog_cluster_agent::external_metrics::{ExternalMetricsService, ServiceParts};
 use datadog_cluster_agent::tls::{ClientCaHandle, ServerCertResolver, ServerTls};
 use http::{Request, Response};
 use http_body_util::combinators::BoxBody;

@@ -9,18 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use datadog_cluster_agent::external_metrics::Readiness;
-use datadog_cluster_agent::external_metrics::api::{
-    Authentication, Authenticator, Authorizer, Decision, RequestAttributes, UserInfo,
-};
-use datadog_cluster_agent::external_metrics::auth::config::{
+use datadog_cluster_agent::apiserver::auth::config::{
     CLIENT_CA_BUNDLE, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, KEY_ALLOWED_NAMES, KEY_REQUESTHEADER_CA,
     REQUESTHEADER_BUNDLE,
 };
-use datadog_cluster_agent::external_metrics::auth::readiness::{
+use datadog_cluster_agent::apiserver::auth::readiness::{
     CONFIGMAP_FORBIDDEN, SAR_FORBIDDEN, TOKENREVIEW_FORBIDDEN,
 };
-use datadog_cluster_agent::external_metrics::auth::{AuthOptions, DelegatingAuth, ReviewApi};
+use datadog_cluster_agent::apiserver::auth::{AuthOptions, DelegatingAuth, ReviewApi};
+use datadog_cluster_agent::apiserver::seams::Readiness;
+use datadog_cluster_agent::apiserver::seams::{
+    Authentication, Authenticator, Authorizer, Decision, RequestAttributes, UserInfo,
+};
 use datadog_cluster_agent::tls::{ClientCaHandle, PeerIdentity, ServerCertResolver, ServerTls};
 use e2e::controlplane::{
     ADMIN_USER, CertAuthority, ControlPlane, FRONT_PROXY_CLIENT_CN, IssuedCert,

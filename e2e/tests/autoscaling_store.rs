@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use datadog_cluster_agent::apimachinery::selector::Selector;
 use datadog_cluster_agent::autoscaling::store::{INVALID_REASONS_ANNOTATION, StoreSnapshot};
 use datadog_cluster_agent::autoscaling::store_format::{
     DEFAULT_CONFIGMAP_NAME, LAST_UPDATED_ANNOTATION, ObjectReference, StoredEntry, decode_entry,
@@ -25,8 +26,8 @@ use datadog_cluster_agent::autoscaling::{self, AutoscalingHandle};
 use datadog_cluster_agent::config::{ExternalMetricsSettings, Secret};
 use datadog_cluster_agent::datadog::query::Aggregator;
 use datadog_cluster_agent::datadog::{QueryOutcome, ResolveError, Resolver};
-use datadog_cluster_agent::external_metrics::api::{MetricError, MetricSource, MetricValue};
-use datadog_cluster_agent::external_metrics::selector::Selector;
+use datadog_cluster_agent::external_metrics::api::{MetricError, MetricSource};
+use datadog_cluster_agent::external_metrics::types::MetricValue;
 use datadog_cluster_agent::k8s::{self, HpaVersion};
 use e2e::controlplane::{ControlPlane, ExternalHpa, MetricTarget, eventually};
 use futures::future::BoxFuture;

@@ -18,12 +18,12 @@ use datadog_cluster_agent::config::Settings;
 use datadog_cluster_agent::datadog::response::{
     EvalParams, QueryOutcome, evaluate_response, is_outdated, parse_query_response, select_point,
 };
-use datadog_cluster_agent::external_metrics::negotiate::{
+use datadog_cluster_agent::apiserver::negotiate::{
     MediaRange, Offer, negotiate, negotiate_values, parse_accept,
 };
-use datadog_cluster_agent::external_metrics::quantity::{self, Format, Quantity, QuantityError};
+use datadog_cluster_agent::apimachinery::quantity::{self, Format, Quantity, QuantityError};
 use datadog_cluster_agent::external_metrics::routes::{self, Route, is_dns1123_label};
-use datadog_cluster_agent::external_metrics::selector::{self, Operator, Selector};
+use datadog_cluster_agent::apimachinery::selector::{self, Operator, Selector};
 
 /// A fuzz target: bytes in, panics on a broken invariant.
 pub type Target = fn(&[u8]);

@@ -32,6 +32,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::apimachinery::selector::Selector;
+use crate::apiserver::seams::{Answer, Readiness};
 use crate::autoscaling::hpa::{HpaCatalog, Wanted};
 use crate::autoscaling::store::{StoreSnapshot, StoredMetric};
 use crate::autoscaling::store_format::format_last_updated;
@@ -39,11 +41,8 @@ use crate::autoscaling::telemetry::Telemetry;
 use crate::datadog::query::Aggregator;
 use crate::datadog::response::effective_max_age;
 use crate::datadog::{QueryOutcome, ResolveError, Resolver};
-use crate::external_metrics::api::{
-    Answer, MetricError, MetricSource, MetricValue, MetricValues, Readiness,
-};
-use crate::external_metrics::selector::Selector;
-use crate::external_metrics::types::PublishedValue;
+use crate::external_metrics::api::{MetricError, MetricSource, MetricValues};
+use crate::external_metrics::types::{MetricValue, PublishedValue};
 
 /// Outcomes of recent Datadog queries, by query. Filled by the refresher and by on-demand
 /// lookups.
@@ -386,7 +385,7 @@ impl DatadogMetricSource {
                 Answer::ready(Ok(published(values)))
             }
             Lookup::Error(e) => Answer::ready(Err(e)),
-            Lookup::Miss => Answer::later(async move {
+            Lookup::Miss => Answer::later(move || async move {
                 let values = self
                     .on_miss(&store, namespace, metric, selector, now)
                     .await?;

@@ -1,29 +1,13 @@
-//! The seams of the external metrics server: where metric values come from
-//! ([`MetricSource`]), who is calling ([`Authenticator`]) and whether they may
-//! ([`Authorizer`]). The HTTP layer depends only on these, so each side is tested alone.
+//! The seam of the external metrics API: where metric values come from ([`MetricSource`]),
+//! and why there may be none ([`MetricError`], each one a `metav1.Status`).
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
-
-use crate::external_metrics::selector::Selector;
+use crate::apimachinery::selector::Selector;
+use crate::apimachinery::status::{Status, StatusDetails};
+use crate::apiserver::seams::Answer;
 use crate::external_metrics::types::PublishedValue;
-
-/// One value as a source reports it, before it becomes a Quantity on the wire.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MetricValue {
-    pub metric_name: String,
-    pub metric_labels: BTreeMap<String, String>,
-    /// Unix seconds of the point.
-    pub timestamp: i64,
-    pub window_seconds: Option<i64>,
-    pub value: f64,
-}
+use crate::external_metrics::{GROUP, RESOURCE};
 
 /// Why a source has no value to give. Each maps to one metav1.Status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -61,146 +45,95 @@ pub trait MetricSource: Send + Sync + 'static {
     ) -> Answer<'a, Result<MetricValues, MetricError>>;
 }
 
-/// What a seam answers: now (a cache hit, an in-memory lookup) or later (a call to the API
-/// server or Datadog). Every request goes through three seams, and the ready form lets the
-/// common case cost no allocation, where a boxed future per seam would cost one each.
-///
-/// A `Later` answer must do nothing until it is first polled (as `async` blocks do), so a
-/// caller may drop it unpolled and ask again.
-pub enum Answer<'a, T> {
-    Ready(Option<T>),
-    Later(BoxFuture<'a, T>),
-}
-
-impl<'a, T> Answer<'a, T> {
-    pub fn ready(value: T) -> Self {
-        Answer::Ready(Some(value))
-    }
-
-    pub fn later(future: impl Future<Output = T> + Send + 'a) -> Self {
-        Answer::Later(Box::pin(future))
-    }
-}
-
-// The value is moved out, never pinned in place, so pinning an `Answer` pins nothing of `T`.
-impl<T> Unpin for Answer<'_, T> {}
-
-impl<T> Future for Answer<'_, T> {
-    type Output = T;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
-        match self.get_mut() {
-            // Polling again after completion is a caller bug; never completing is one of the
-            // behaviours `Future` allows for it.
-            Answer::Ready(value) => value.take().map_or(Poll::Pending, Poll::Ready),
-            Answer::Later(future) => future.as_mut().poll(cx),
+impl From<&MetricError> for Status {
+    /// The Status a source's error becomes.
+    fn from(error: &MetricError) -> Self {
+        match error {
+            MetricError::NotFound { metric, .. } => Status::not_found(
+                error.to_string(),
+                StatusDetails {
+                    name: metric.clone(),
+                    group: GROUP.to_owned(),
+                    kind: RESOURCE.to_owned(),
+                    ..StatusDetails::default()
+                },
+            ),
+            MetricError::Stale { .. } | MetricError::Invalid { .. } | MetricError::Internal(_) => {
+                Status::internal(error.to_string())
+            }
+            MetricError::Unavailable(message) => Status::service_unavailable(message.clone()),
         }
     }
 }
 
-/// An authenticated identity, as Kubernetes' `user.Info`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub struct UserInfo {
-    pub name: String,
-    pub uid: String,
-    pub groups: Vec<String>,
-    pub extra: BTreeMap<String, Vec<String>>,
+/// Go's answer to `watch=true` on a metric: the list handler has no watcher.
+pub fn watch_not_supported(metric: &str) -> Status {
+    Status::method_not_supported(GROUP, metric, "watch")
 }
 
-impl UserInfo {
-    pub fn anonymous() -> Self {
-        UserInfo {
-            name: "system:anonymous".into(),
-            groups: vec!["system:unauthenticated".into()],
-            ..Default::default()
-        }
+#[cfg(test)]
+mod tests {
+    use http::StatusCode;
+
+    use super::*;
+    use crate::apimachinery::status::REASON_INTERNAL_ERROR;
+
+    fn json(s: &Status) -> String {
+        String::from_utf8(s.to_json()).unwrap()
     }
-}
 
-/// What the authenticator concluded from the TLS peer and the headers.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Authentication {
-    /// Shared, so that a cached identity costs a reference-count bump per request.
-    User(Arc<UserInfo>),
-    /// 401 Unauthorized with this reason (e.g. a bearer token TokenReview rejected).
-    Rejected(String),
-    /// 500: the authentication backend could not be asked.
-    Error(String),
-}
-
-/// The request as Kubernetes' RequestInfo sees it, for a SubjectAccessReview. Borrowed from
-/// the request (and constants) on the request path; [`into_owned`](Self::into_owned) for a
-/// cache key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum RequestAttributes<'a> {
-    Resource {
-        verb: Cow<'a, str>,
-        group: Cow<'a, str>,
-        version: Cow<'a, str>,
-        resource: Cow<'a, str>,
-        namespace: Cow<'a, str>,
-    },
-    NonResource {
-        verb: Cow<'a, str>,
-        path: Cow<'a, str>,
-    },
-}
-
-impl RequestAttributes<'_> {
-    pub fn into_owned(self) -> RequestAttributes<'static> {
-        let own = |s: Cow<'_, str>| Cow::Owned(s.into_owned());
-        match self {
-            RequestAttributes::Resource {
-                verb,
-                group,
-                version,
-                resource,
-                namespace,
-            } => RequestAttributes::Resource {
-                verb: own(verb),
-                group: own(group),
-                version: own(version),
-                resource: own(resource),
-                namespace: own(namespace),
-            },
-            RequestAttributes::NonResource { verb, path } => RequestAttributes::NonResource {
-                verb: own(verb),
-                path: own(path),
-            },
-        }
+    #[test]
+    fn watch_not_supported_golden() {
+        assert_eq!(
+            json(&watch_not_supported("queue.depth")),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"watch is not supported on resources of kind \"queue.depth.external.metrics.k8s.io\"","reason":"MethodNotAllowed","details":{"group":"external.metrics.k8s.io","kind":"queue.depth"},"code":405}"#
+        );
     }
-}
 
-/// Whether a subsystem can serve, and if not why, for `/readyz` and logs. Sent on a
-/// `tokio::sync::watch` channel by the side that knows (e.g. delegated auth).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Readiness {
-    pub ready: bool,
-    /// Empty when ready; otherwise what is missing and how to fix it.
-    pub reason: String,
-}
+    #[test]
+    fn metric_not_found_golden() {
+        let err = MetricError::NotFound {
+            namespace: "prod".into(),
+            metric: "queue.depth".into(),
+        };
+        assert_eq!(
+            json(&Status::from(&err)),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the metric queue.depth in namespace prod","reason":"NotFound","details":{"name":"queue.depth","group":"external.metrics.k8s.io","kind":"externalmetrics"},"code":404}"#
+        );
+    }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    Allow,
-    /// 403 Forbidden, with the reason the authorizer gave.
-    Deny(String),
-    /// 500: the authorization backend could not be asked.
-    Error(String),
-}
+    #[test]
+    fn internal_error_golden() {
+        let err = MetricError::Invalid {
+            metric: "m".into(),
+            reason: "DatadogMetric is invalid".into(),
+        };
+        assert_eq!(
+            json(&Status::from(&err)),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Internal error occurred: metric m is invalid: DatadogMetric is invalid","reason":"InternalError","details":{"causes":[{"message":"metric m is invalid: DatadogMetric is invalid"}]},"code":500}"#
+        );
+        let stale = MetricError::Stale {
+            metric: "m".into(),
+            detail: "last point 600s old".into(),
+        };
+        let s = Status::from(&stale);
+        assert_eq!(s.code, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            s.message,
+            "Internal error occurred: the value of metric m is stale: last point 600s old"
+        );
+        let s = Status::from(&MetricError::Internal("boom".into()));
+        assert_eq!(s.reason, REASON_INTERNAL_ERROR);
+        assert_eq!(s.message, "Internal error occurred: boom");
+    }
 
-pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate<'a>(
-        &'a self,
-        peer: &'a crate::tls::PeerIdentity,
-        headers: &'a http::HeaderMap,
-    ) -> Answer<'a, Authentication>;
-}
-
-pub trait Authorizer: Send + Sync + 'static {
-    fn authorize<'a>(
-        &'a self,
-        user: &'a UserInfo,
-        attributes: &'a RequestAttributes<'a>,
-    ) -> Answer<'a, Decision>;
+    #[test]
+    fn service_unavailable_golden() {
+        assert_eq!(
+            json(&Status::from(&MetricError::Unavailable(
+                "metric store not synced yet".into()
+            ))),
+            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"metric store not synced yet","reason":"ServiceUnavailable","code":503}"#
+        );
+    }
 }

@@ -10,8 +10,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use foldhash::fast::RandomState;
 
-use crate::external_metrics::api::{Answer, MetricError, MetricSource, MetricValue, MetricValues};
-use crate::external_metrics::selector::Selector;
+use crate::apimachinery::selector::Selector;
+use crate::apiserver::seams::Answer;
+use crate::external_metrics::api::{MetricError, MetricSource, MetricValues};
+use crate::external_metrics::types::MetricValue;
 
 #[derive(Debug, Default)]
 pub struct InMemorySource {

@@ -1,34 +1,29 @@
-//! The aggregated `external.metrics.k8s.io/v1beta1` API server that kube-apiserver's
-//! aggregator and the HPA controller call (see `reference/external-metrics-contract.md`).
+//! The aggregated `external.metrics.k8s.io/v1beta1` API that kube-apiserver's aggregator
+//! and the HPA controller call (the § numbers cite the external metrics contract): its routes, its wire types and the [`api::MetricSource`] seam, on top of
+//! [`crate::apiserver`] (authentication, negotiation, discovery, serving) and
+//! [`crate::apimachinery`] (selectors, Quantity, Status).
 //!
-//! * [`api`]: the seams (where values come from, who is calling, whether they may);
-//! * [`routes`], [`negotiate`], [`status`], [`types`], [`discovery`], [`openapi`]: pure
-//!   HTTP-level logic, tested with vectors;
-//! * [`service`]: the hyper service tying them together; [`server`]: binding and serving it
-//!   over TLS;
-//! * [`memory`]: an in-memory [`api::MetricSource`].
+//! * [`api`]: the seam (where values come from) and its errors as Status;
+//! * [`routes`], [`types`], [`openapi`], [`discovery`]: pure HTTP-level logic, tested with
+//!   vectors;
+//! * [`service`]: the handler tying them together; [`server`]: binding and serving it.
+//!
+//! It may import the layers below and [`crate::config`]; nothing here knows where values
+//! come from (that is `autoscaling`, which implements the seam).
 
 pub mod api;
-pub mod auth;
 pub mod discovery;
-pub mod goquote;
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
-pub mod negotiate;
 pub mod openapi;
-pub mod quantity;
 pub mod routes;
-pub mod selector;
-pub mod selector_cache;
 pub mod server;
 pub mod service;
-pub mod static_doc;
-pub mod status;
 pub mod types;
 
-pub use api::Readiness;
-pub use memory::InMemorySource;
-pub use server::{ServerError, run, serve_on};
 pub use service::{ExternalMetricsService, ServiceParts};
+
+use crate::apimachinery::discovery::{GroupVersionSpec, ResourceSpec};
 
 /// The API group we serve.
 pub const GROUP: &str = "external.metrics.k8s.io";
@@ -40,6 +35,21 @@ pub const RESOURCE: &str = "externalmetrics";
 pub const SINGULAR: &str = "externalmetric";
 /// The kind of every metric response.
 pub const LIST_KIND: &str = "ExternalMetricValueList";
+
+/// What discovery lists: the one fixed resource, never one entry per metric.
+pub const API: GroupVersionSpec = GroupVersionSpec {
+    group: GROUP,
+    version: VERSION,
+    group_version: GROUP_VERSION,
+    resources: &[ResourceSpec {
+        name: RESOURCE,
+        singular_name: "",
+        singular_resource: SINGULAR,
+        namespaced: true,
+        kind: LIST_KIND,
+        verbs: &["get"],
+    }],
+};
 
 #[cfg(test)]
 mod tests;

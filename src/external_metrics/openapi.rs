@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use crate::external_metrics::static_doc::StaticDoc;
+use crate::apiserver::openapi::OpenApiDocs;
 use crate::external_metrics::{GROUP, LIST_KIND, VERSION};
 
 const VALUE_MODEL: &str = "io.k8s.metrics.pkg.apis.external_metrics.v1beta1.ExternalMetricValue";
@@ -215,18 +215,6 @@ pub fn v3_group_version_json() -> Vec<u8> {
     to_vec(&doc)
 }
 
-/// The `/openapi/v3` index, pointing at the group-version document by content hash so
-/// clients can cache it forever.
-pub fn v3_root_json(group_version_hash: &str) -> Vec<u8> {
-    to_vec(&json!({
-        "paths": {
-            V3_GROUP_VERSION_KEY: {
-                "serverRelativeURL": format!("{V3_GROUP_VERSION_PATH}?hash={group_version_hash}"),
-            },
-        },
-    }))
-}
-
 fn info() -> Value {
     json!({
         "title": "Datadog Cluster Agent external metrics",
@@ -275,23 +263,13 @@ fn to_vec(doc: &Value) -> Vec<u8> {
 }
 
 /// The three documents, serialised and hashed once.
-#[derive(Debug, Clone)]
-pub struct OpenApiDocs {
-    pub v2: StaticDoc,
-    pub v3_root: StaticDoc,
-    pub v3_group_version: StaticDoc,
-}
-
-impl OpenApiDocs {
-    pub fn build() -> Self {
-        let v3_group_version = StaticDoc::new(v3_group_version_json(), "application/json");
-        let v3_root = StaticDoc::new(v3_root_json(&v3_group_version.hash), "application/json");
-        OpenApiDocs {
-            v2: StaticDoc::new(v2_json(), "application/json"),
-            v3_root,
-            v3_group_version,
-        }
-    }
+pub fn docs() -> OpenApiDocs {
+    OpenApiDocs::build(
+        v2_json(),
+        v3_group_version_json(),
+        V3_GROUP_VERSION_KEY,
+        V3_GROUP_VERSION_PATH,
+    )
 }
 
 #[cfg(test)]
@@ -358,7 +336,7 @@ mod tests {
 
     #[test]
     fn v3_root_points_at_the_group_version_by_hash() {
-        let docs = OpenApiDocs::build();
+        let docs = docs();
         let root: Value = serde_json::from_slice(&docs.v3_root.body).unwrap();
         let url = root["paths"][V3_GROUP_VERSION_KEY]["serverRelativeURL"]
             .as_str()
@@ -376,9 +354,6 @@ mod tests {
     #[test]
     fn documents_are_stable() {
         assert_eq!(v2_json(), v2_json());
-        assert_eq!(
-            OpenApiDocs::build().v3_root.etag,
-            OpenApiDocs::build().v3_root.etag
-        );
+        assert_eq!(docs().v3_root.etag, docs().v3_root.etag);
     }
 }

@@ -4,6 +4,8 @@
 
 use std::borrow::Cow;
 
+use crate::apimachinery::validation::is_dns1123_label;
+use crate::apiserver::probes::Probe;
 use crate::external_metrics::{GROUP, VERSION};
 
 /// What a request asks for. Borrows from the request target; decoding allocates only when a
@@ -42,10 +44,17 @@ impl Route<'_> {
     /// Probes are answered without authentication or authorization, as Go's
     /// `AlwaysAllowPaths` does: the kubelet calls them without credentials.
     pub fn is_probe(&self) -> bool {
-        matches!(
-            self,
-            Route::Healthz | Route::Livez | Route::Readyz | Route::Ping
-        )
+        self.probe().is_some()
+    }
+
+    pub fn probe(&self) -> Option<Probe> {
+        match self {
+            Route::Healthz => Some(Probe::Healthz),
+            Route::Livez => Some(Probe::Livez),
+            Route::Readyz => Some(Probe::Readyz),
+            Route::Ping => Some(Probe::Ping),
+            _ => None,
+        }
     }
 }
 
@@ -189,18 +198,6 @@ fn segment_is(raw: &str, literal: &str) -> bool {
 /// Percent-decodes one path segment; `None` for a malformed escape or invalid UTF-8.
 fn decode_segment(raw: &str) -> Option<Cow<'_, str>> {
     percent_decode(raw, false).ok()
-}
-
-/// A namespace name as Kubernetes validates it (`IsDNS1123Label`): a namespace that cannot
-/// exist is a path that cannot exist.
-pub fn is_dns1123_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
 }
 
 /// A metric segment as Go's `IsValidPathSegmentName` accepts it (not `.` or `..`, no `/`

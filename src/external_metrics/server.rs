@@ -2,38 +2,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::apiserver::server::{CertificateSource, ServerError, bind, serve_on};
 use crate::config::Settings;
 use crate::external_metrics::service::{ExternalMetricsService, ServiceParts};
-use crate::tls::{
-    ClientCaHandle, DEFAULT_RELOAD_INTERVAL, ServeOptions, ServerCertResolver, ServerTls, TlsError,
-    default_sans,
-};
+use crate::tls::{ClientCaHandle, ServerCertResolver, ServerTls};
 
-/// How long in-flight requests get after shutdown starts. The aggregator retries elsewhere
-/// on a dropped connection, and the kubelet's grace period (30 s by default) must cover
-/// this plus everything else the process drains.
-pub const DRAIN_PERIOD: Duration = Duration::from_secs(10);
-
-/// File names inside `external_metrics_provider.cert_dir`, as a `kubernetes.io/tls` Secret
-/// projects them.
-pub const CERT_FILE: &str = "tls.crt";
-pub const KEY_FILE: &str = "tls.key";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("cannot listen on {addr} for the external metrics server: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("external metrics server TLS: {0}")]
-    Tls(#[from] TlsError),
-}
+const SERVER: &str = "external metrics server";
 
 /// The serving certificate: `tls.crt`/`tls.key` from `external_metrics_provider.cert_dir`,
 /// re-read when they change (until `shutdown`), else self-signed for the Service's names in
@@ -43,30 +20,19 @@ pub fn serving_certificate(
     namespace: &str,
     shutdown: &CancellationToken,
 ) -> Result<Arc<ServerCertResolver>, ServerError> {
-    match &settings.external_metrics.cert_dir {
-        Some(dir) => {
-            let resolver = ServerCertResolver::from_files(dir.join(CERT_FILE), dir.join(KEY_FILE))?;
-            // The reloader ends with `shutdown`; nothing needs its handle.
-            drop(resolver.spawn_reloader(DEFAULT_RELOAD_INTERVAL, shutdown.clone()));
-            tracing::info!(dir = %dir.display(), "external metrics server uses the certificate in cert_dir");
-            Ok(resolver)
-        }
-        None => {
-            let service = &settings.cluster_agent.kubernetes_service_name;
-            let sans = default_sans(service, namespace);
-            tracing::warn!(
-                ?sans,
-                "no external_metrics_provider.cert_dir: serving a self-signed certificate, \
-                 which the APIService can only trust with insecureSkipTLSVerify or this \
-                 certificate in caBundle"
-            );
-            Ok(ServerCertResolver::self_signed(&sans)?)
-        }
-    }
+    let source = CertificateSource {
+        server: SERVER,
+        dir: settings.external_metrics.cert_dir.as_deref(),
+        setting: "external_metrics_provider.cert_dir",
+        service_name: &settings.cluster_agent.kubernetes_service_name,
+        namespace,
+    };
+    crate::apiserver::server::serving_certificate(&source, shutdown)
 }
 
 /// Serves the external metrics API on `bind_host:external_metrics_provider.port` until
-/// `shutdown` is cancelled, then drains in-flight requests for at most [`DRAIN_PERIOD`].
+/// `shutdown` is cancelled, then drains in-flight requests for at most
+/// [`DRAIN_PERIOD`](crate::apiserver::server::DRAIN_PERIOD).
 ///
 /// `client_ca` carries the front-proxy (and client) CA bundles the authenticator trusts;
 /// with `None` no client certificate is requested, so only bearer tokens authenticate.
@@ -78,29 +44,14 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let namespace = crate::k8s::resource_namespace(settings);
     let certs = serving_certificate(settings, &namespace, &shutdown)?;
-    let tls = ServerTls::new(certs, client_ca)?;
+    let tls = ServerTls::new(certs, client_ca).map_err(|source| ServerError::Tls {
+        server: SERVER,
+        source,
+    })?;
     let addr = SocketAddr::new(settings.bind_host, settings.external_metrics.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })?;
+    let listener = bind(SERVER, addr).await?;
     tracing::info!(%addr, "external metrics API server listening");
     serve_on(listener, tls, ExternalMetricsService::new(parts), shutdown).await;
     tracing::info!(%addr, "external metrics API server stopped");
     Ok(())
-}
-
-/// Serves `service` over TLS on an already-bound listener until `shutdown`, draining for
-/// at most [`DRAIN_PERIOD`].
-pub async fn serve_on(
-    listener: TcpListener,
-    tls: ServerTls,
-    service: ExternalMetricsService,
-    shutdown: CancellationToken,
-) {
-    let options = ServeOptions {
-        drain: DRAIN_PERIOD,
-        ..ServeOptions::default()
-    };
-    let make = move |connection| service.for_connection(connection);
-    crate::tls::serve_connections(listener, tls, make, shutdown, options).await;
 }

@@ -8,34 +8,34 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, ETAG, VARY};
+use http::header::VARY;
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use tokio::sync::watch;
 
-use crate::external_metrics::api::{
-    Answer, Authentication, Authenticator, Authorizer, Decision, MetricSource, Readiness,
-    RequestAttributes,
+use crate::apimachinery::status::{PrebuiltStatus, Status};
+use crate::apiserver::admission::Admission;
+use crate::apiserver::discovery::DiscoveryDocs;
+use crate::apiserver::negotiate::{Offer, negotiate};
+use crate::apiserver::openapi::OpenApiDocs;
+use crate::apiserver::probes::{Probe, Probes};
+use crate::apiserver::response::{
+    Body, ResponseFuture, document, json_response, method_not_allowed, prebuilt, status,
 };
-use crate::external_metrics::discovery::DiscoveryDocs;
-use crate::external_metrics::negotiate::{Offer, negotiate};
-use crate::external_metrics::openapi::OpenApiDocs;
+use crate::apiserver::seams::{
+    Authenticator, Authorizer, Pace, Readiness, RequestAttributes, attempt_now, settle,
+};
+use crate::apiserver::selector_cache::SelectorCache;
+use crate::apiserver::server::Handler;
+use crate::apiserver::static_doc::StaticDoc;
+use crate::external_metrics::api::{MetricSource, watch_not_supported};
 use crate::external_metrics::routes::{self, MetricRoute, Route};
-use crate::external_metrics::selector_cache::SelectorCache;
-use crate::external_metrics::static_doc::StaticDoc;
-use crate::external_metrics::status::{PrebuiltStatus, Status};
 use crate::external_metrics::types::encode_list;
-use crate::external_metrics::{GROUP, VERSION};
-use crate::tls::{ConnectionInfo, PeerIdentity};
-
-/// The response body type: every answer is one buffer.
-pub type Body = Full<Bytes>;
+use crate::external_metrics::{API, GROUP, VERSION};
+use crate::tls::PeerIdentity;
 
 /// What the service needs from the rest of the process.
 pub struct ServiceParts {
@@ -53,21 +53,17 @@ const JSON_OFFERS: &[Offer] = &[Offer::Json];
 const APIS_OFFERS: &[Offer] = &[Offer::Json, Offer::DiscoveryV2, Offer::DiscoveryV2Beta1];
 const JSON_TYPES: &[&str] = &["application/json"];
 
-const NOSNIFF: HeaderName = HeaderName::from_static("x-content-type-options");
-
 #[derive(Clone)]
 pub struct ExternalMetricsService {
     shared: Arc<Shared>,
 }
 
 struct Shared {
-    authenticator: Arc<dyn Authenticator>,
-    authorizer: Arc<dyn Authorizer>,
+    admission: Admission,
     source: Arc<dyn MetricSource>,
-    readiness: Vec<watch::Receiver<Readiness>>,
+    probes: Probes,
     discovery: DiscoveryDocs,
     openapi: OpenApiDocs,
-    unauthorized: PrebuiltStatus,
     path_not_found: PrebuiltStatus,
     method_not_allowed: PrebuiltStatus,
     not_acceptable: PrebuiltStatus,
@@ -81,13 +77,11 @@ impl ExternalMetricsService {
     pub fn new(parts: ServiceParts) -> Self {
         ExternalMetricsService {
             shared: Arc::new(Shared {
-                authenticator: parts.authenticator,
-                authorizer: parts.authorizer,
+                admission: Admission::new(parts.authenticator, parts.authorizer),
                 source: parts.source,
-                readiness: parts.readiness,
-                discovery: DiscoveryDocs::build(),
-                openapi: OpenApiDocs::build(),
-                unauthorized: PrebuiltStatus::new(&Status::unauthorized()),
+                probes: Probes::new(parts.readiness),
+                discovery: DiscoveryDocs::build(&API),
+                openapi: super::openapi::docs(),
                 path_not_found: PrebuiltStatus::new(&Status::path_not_found()),
                 method_not_allowed: PrebuiltStatus::new(&Status::method_not_allowed()),
                 not_acceptable: PrebuiltStatus::new(&Status::not_acceptable(JSON_TYPES)),
@@ -107,16 +101,10 @@ impl ExternalMetricsService {
 
     /// The request's answer when no seam has to wait (the cache hits and in-memory lookups
     /// of nearly every request): [`respond`](Self::respond) run once on the stack, with no
-    /// future boxed. `None`: a seam must wait, and the request goes to
+    /// future boxed. `None`: a seam deferred, and the request goes to
     /// [`handle_parts`](Self::handle_parts).
     fn respond_now(&self, parts: &Parts, peer: &PeerIdentity) -> Option<Response<Body>> {
-        let future = pin!(self.respond(parts, peer, Pace::Now));
-        match future.poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(response) => response,
-            // At `Pace::Now` nothing waits, so this is not reached; were it, the request
-            // would be answered again at `Pace::MayWait`, which is always right.
-            Poll::Pending => None,
-        }
+        attempt_now(self.respond(parts, peer, Pace::Now))
     }
 
     /// The future `call` boxes when a seam has to wait. Written as an `async move` block
@@ -153,11 +141,16 @@ impl ExternalMetricsService {
         let shared = &*self.shared;
         let route = routes::parse(parts.uri.path(), parts.uri.query());
         let head = parts.method == Method::HEAD;
-        if route.is_probe() {
-            return Some(self.probe(&route, &parts.method));
+        if let Some(probe) = route.probe() {
+            return Some(shared.probes.answer(probe, &parts.method));
         }
 
-        if let Err(refusal) = self.admit(&route, parts, peer, head, pace).await? {
+        let attributes = || request_attributes(&route, &parts.method, parts.uri.path());
+        if let Err(refusal) = shared
+            .admission
+            .admit(parts, peer, attributes, head, pace)
+            .await?
+        {
             return Some(refusal);
         }
 
@@ -171,10 +164,10 @@ impl ExternalMetricsService {
         let docs = &shared.discovery;
         let openapi = &shared.openapi;
         let response = match route {
-            Route::Version => self.document(&docs.version, headers, head, None),
+            Route::Version => document(&docs.version, headers, head, None),
             Route::Apis => match negotiate(headers, APIS_OFFERS) {
                 Some(offer) => {
-                    let mut response = self.document(docs.apis(offer), headers, head, None);
+                    let mut response = document(docs.apis(offer), headers, head, None);
                     response
                         .headers_mut()
                         .insert(VARY, HeaderValue::from_static("Accept"));
@@ -195,7 +188,7 @@ impl ExternalMetricsService {
                 let pinned = query_param(parts.uri.query(), "hash")
                     .is_some_and(|h| h == openapi.v3_group_version.hash);
                 let cache = pinned.then(|| HeaderValue::from_static("public, immutable"));
-                self.document(&openapi.v3_group_version, headers, head, cache)
+                document(&openapi.v3_group_version, headers, head, cache)
             }
             Route::Metric(metric) => {
                 if negotiate(headers, JSON_OFFERS).is_none() {
@@ -203,63 +196,13 @@ impl ExternalMetricsService {
                 }
                 return self.metric(metric, head, pace).await;
             }
-            Route::Healthz | Route::Livez | Route::Readyz | Route::Ping => {
-                self.probe(&route, &parts.method)
-            }
+            Route::Healthz => shared.probes.answer(Probe::Healthz, &parts.method),
+            Route::Livez => shared.probes.answer(Probe::Livez, &parts.method),
+            Route::Readyz => shared.probes.answer(Probe::Readyz, &parts.method),
+            Route::Ping => shared.probes.answer(Probe::Ping, &parts.method),
             Route::NotFound => prebuilt(&shared.path_not_found, head),
         };
         Some(response)
-    }
-
-    /// Authenticates and authorizes the request; `Err` is the answer to give instead;
-    /// `None` as for [`respond`](Self::respond). A future of its own, so that the identity
-    /// and attributes it holds while waiting share room with the metric lookup's state in
-    /// the request's future.
-    async fn admit(
-        &self,
-        route: &Route<'_>,
-        parts: &Parts,
-        peer: &PeerIdentity,
-        head: bool,
-        pace: Pace,
-    ) -> Option<Result<(), Response<Body>>> {
-        let shared = &*self.shared;
-        let authentication = shared.authenticator.authenticate(peer, &parts.headers);
-        let user = match settle(authentication, pace).await? {
-            Authentication::User(user) => user,
-            Authentication::Rejected(reason) => {
-                tracing::debug!(%reason, path = parts.uri.path(), "authentication rejected");
-                return Some(Err(prebuilt(&shared.unauthorized, head)));
-            }
-            Authentication::Error(error) => {
-                // The caller is not authenticated, so the backend's error stays in the log.
-                tracing::warn!(%error, "cannot authenticate request");
-                return Some(Err(status(
-                    &Status::internal("cannot authenticate the request"),
-                    head,
-                )));
-            }
-        };
-
-        let attributes = request_attributes(route, &parts.method, parts.uri.path());
-        let decision = settle(shared.authorizer.authorize(&user, &attributes), pace).await?;
-        Some(match decision {
-            Decision::Allow => Ok(()),
-            Decision::Deny(reason) => {
-                tracing::debug!(user = %user.name, ?attributes, %reason, "request forbidden");
-                Err(status(
-                    &Status::forbidden(&user.name, &attributes, &reason),
-                    head,
-                ))
-            }
-            Decision::Error(error) => {
-                tracing::warn!(%error, user = %user.name, "cannot authorize request");
-                Err(status(
-                    &Status::internal(format!("cannot authorize the request: {error}")),
-                    head,
-                ))
-            }
-        })
     }
 
     /// The metric request, once authorized; `None` as for [`respond`](Self::respond). An
@@ -281,7 +224,7 @@ impl ExternalMetricsService {
                 Err(error) => return Some(status(&Status::bad_request(error.to_string()), head)),
             };
             if query.watch {
-                return Some(status(&Status::watch_not_supported(&metric.metric), head));
+                return Some(status(&watch_not_supported(&metric.metric), head));
             }
             let selector = match self.shared.selectors.get(query.label_selector.as_deref()) {
                 Ok(selector) => selector,
@@ -313,107 +256,18 @@ impl ExternalMetricsService {
         }
     }
 
-    fn probe(&self, route: &Route<'_>, method: &Method) -> Response<Body> {
-        let head = method == Method::HEAD;
-        if !(method == Method::GET || head) {
-            return method_not_allowed(&self.shared.method_not_allowed, head);
-        }
-        match route {
-            Route::Readyz => match self.not_ready_reasons() {
-                None => text(StatusCode::OK, Bytes::from_static(b"ok"), head),
-                Some(reasons) => text(StatusCode::SERVICE_UNAVAILABLE, Bytes::from(reasons), head),
-            },
-            _ => text(StatusCode::OK, Bytes::from_static(b"ok"), head),
-        }
-    }
-
-    /// `None` when every readiness source is ready; otherwise a body listing what is not,
-    /// one `[-]reason` line each, in the shape of Go's `/readyz` failures.
-    fn not_ready_reasons(&self) -> Option<String> {
-        let mut body: Option<String> = None;
-        for receiver in &self.shared.readiness {
-            let readiness = receiver.borrow();
-            if readiness.ready {
-                continue;
-            }
-            let body = body.get_or_insert_with(String::new);
-            body.push_str("[-]");
-            body.push_str(if readiness.reason.is_empty() {
-                "not ready"
-            } else {
-                &readiness.reason
-            });
-            body.push('\n');
-        }
-        body.map(|mut body| {
-            body.push_str("readyz check failed\n");
-            body
-        })
-    }
-
     fn json_document(&self, doc: &StaticDoc, headers: &HeaderMap, head: bool) -> Response<Body> {
         if negotiate(headers, JSON_OFFERS).is_none() {
             return prebuilt(&self.shared.not_acceptable, head);
         }
-        self.document(doc, headers, head, None)
-    }
-
-    fn document(
-        &self,
-        doc: &StaticDoc,
-        headers: &HeaderMap,
-        head: bool,
-        cache_control: Option<HeaderValue>,
-    ) -> Response<Body> {
-        let cache_control = cache_control.unwrap_or(NO_CACHE);
-        if doc.not_modified(headers) {
-            let mut response = Response::new(Full::new(Bytes::new()));
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            let h = response.headers_mut();
-            h.insert(ETAG, doc.etag.clone());
-            h.insert(CACHE_CONTROL, cache_control);
-            return response;
-        }
-        let mut response = body_response(StatusCode::OK, doc.body.clone(), head);
-        let h = response.headers_mut();
-        h.insert(CONTENT_TYPE, doc.content_type.clone());
-        h.insert(ETAG, doc.etag.clone());
-        h.insert(CACHE_CONTROL, cache_control);
-        h.insert(NOSNIFF, HeaderValue::from_static("nosniff"));
-        response
+        document(doc, headers, head, None)
     }
 
     /// The probe answer for exactly-spelled probe paths, without touching the async
     /// machinery (kubelet probes every few seconds on every replica).
     fn fast_probe(&self, parts: &Parts) -> Option<Response<Body>> {
-        let route = match parts.uri.path() {
-            "/healthz" => Route::Healthz,
-            "/livez" => Route::Livez,
-            "/readyz" => Route::Readyz,
-            "/healthz/ping" | "/livez/ping" | "/readyz/ping" => Route::Ping,
-            _ => return None,
-        };
-        Some(self.probe(&route, &parts.method))
-    }
-}
-
-/// Whether answering a request may wait for a seam (authenticator, authorizer, source).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pace {
-    /// On the stack, in `call`: a seam that cannot answer at once ends the attempt.
-    Now,
-    /// In the request's own future.
-    MayWait,
-}
-
-/// A seam's answer; `None` when it is not ready and `pace` is `Now`. The unready answer is
-/// then dropped unpolled, which [`Answer`]'s contract makes free of effects, and the
-/// request is answered again at `Pace::MayWait`.
-async fn settle<T>(answer: Answer<'_, T>, pace: Pace) -> Option<T> {
-    match (answer, pace) {
-        (Answer::Ready(Some(value)), _) => Some(value),
-        (later, Pace::MayWait) => Some(later.await),
-        (_, Pace::Now) => None,
+        let probe = Probe::from_exact_path(parts.uri.path())?;
+        Some(self.shared.probes.answer(probe, &parts.method))
     }
 }
 
@@ -425,10 +279,6 @@ fn log_request(parts: &Parts, response: &Response<Body>) {
         "external metrics request"
     );
 }
-
-/// Go's `WithCacheControl` default: API answers depend on who asks, so no shared cache
-/// may keep them.
-const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache, private");
 
 /// The SubjectAccessReview attributes, as Go's RequestInfo derives them (contract §2.3).
 /// Borrowed from the route and constants: nothing is copied for a request.
@@ -489,84 +339,6 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
     })
 }
 
-fn body_response(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
-    if head {
-        // HEAD: the headers GET would send, Content-Length included, and no body.
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = code;
-        response
-            .headers_mut()
-            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        return response;
-    }
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = code;
-    response
-}
-
-fn json_response(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
-    let mut response = body_response(code, body, head);
-    let h = response.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(CACHE_CONTROL, NO_CACHE);
-    h.insert(NOSNIFF, HeaderValue::from_static("nosniff"));
-    response
-}
-
-fn text(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
-    let mut response = body_response(code, body, head);
-    let h = response.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(CACHE_CONTROL, NO_CACHE);
-    h.insert(NOSNIFF, HeaderValue::from_static("nosniff"));
-    response
-}
-
-fn status(status: &Status, head: bool) -> Response<Body> {
-    json_response(status.code, status.to_bytes(), head)
-}
-
-fn prebuilt(status: &PrebuiltStatus, head: bool) -> Response<Body> {
-    json_response(status.code, status.body.clone(), head)
-}
-
-fn method_not_allowed(status: &PrebuiltStatus, head: bool) -> Response<Body> {
-    let mut response = prebuilt(status, head);
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-    response
-}
-
-/// The service's future: ready at once for probes, boxed otherwise.
-pub struct ResponseFuture {
-    inner: FutureInner,
-}
-
-enum FutureInner {
-    Ready(Option<Response<Body>>),
-    Pending(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
-}
-
-impl Future for ResponseFuture {
-    type Output = Result<Response<Body>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.get_mut().inner {
-            // Polling again after completion is a caller bug; never completing is one of
-            // the behaviours `Future` allows for it.
-            FutureInner::Ready(response) => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
-            },
-            FutureInner::Pending(future) => future.as_mut().poll(cx).map(Ok),
-        }
-    }
-}
-
 impl<B> hyper::service::Service<Request<B>> for ExternalMetricsService {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -585,54 +357,20 @@ impl<B> hyper::service::Service<Request<B>> for ExternalMetricsService {
     }
 }
 
-impl ExternalMetricsService {
-    /// The service of one TLS connection: each request's client identity comes from the
-    /// connection itself, so nothing is inserted into or looked up in the request.
-    pub fn for_connection(&self, connection: ConnectionInfo) -> ConnectionService {
-        ConnectionService {
-            service: self.clone(),
-            connection,
-        }
-    }
-
+impl Handler for ExternalMetricsService {
     fn start(
         &self,
         parts: Parts,
         peer: impl FnOnce(&Parts) -> Arc<PeerIdentity>,
     ) -> ResponseFuture {
         if let Some(response) = self.fast_probe(&parts) {
-            return ResponseFuture {
-                inner: FutureInner::Ready(Some(response)),
-            };
+            return ResponseFuture::ready(response);
         }
         let peer = peer(&parts);
         if let Some(response) = self.respond_now(&parts, &peer) {
             log_request(&parts, &response);
-            return ResponseFuture {
-                inner: FutureInner::Ready(Some(response)),
-            };
+            return ResponseFuture::ready(response);
         }
-        ResponseFuture {
-            inner: FutureInner::Pending(Box::pin(self.clone().handle_parts(parts, peer))),
-        }
-    }
-}
-
-/// [`ExternalMetricsService`] bound to one connection; see
-/// [`for_connection`](ExternalMetricsService::for_connection).
-pub struct ConnectionService {
-    service: ExternalMetricsService,
-    connection: ConnectionInfo,
-}
-
-impl<B> hyper::service::Service<Request<B>> for ConnectionService {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = ResponseFuture;
-
-    fn call(&self, request: Request<B>) -> ResponseFuture {
-        let (parts, _body) = request.into_parts();
-        self.service
-            .start(parts, |_| self.connection.peer_identity())
+        ResponseFuture::pending(self.clone().handle_parts(parts, peer))
     }
 }

@@ -13,12 +13,15 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::watch;
 
-use crate::external_metrics::api::{
-    self, Authentication, Authenticator, Authorizer, Decision, MetricError, MetricValue,
-    MetricValues, Readiness, RequestAttributes, UserInfo,
+use crate::apiserver::response::Body;
+use crate::apiserver::seams::{
+    self as api, Authentication, Authenticator, Authorizer, Decision, Readiness, RequestAttributes,
+    UserInfo,
 };
+use crate::external_metrics::api::{MetricError, MetricValues};
 use crate::external_metrics::memory::InMemorySource;
-use crate::external_metrics::service::{Body, ExternalMetricsService, ServiceParts};
+use crate::external_metrics::service::{ExternalMetricsService, ServiceParts};
+use crate::external_metrics::types::MetricValue;
 use crate::tls::PeerIdentity;
 
 const BASE: &str = "/apis/external.metrics.k8s.io/v1beta1";
@@ -285,7 +288,7 @@ async fn bad_selector_is_400_with_the_parser_message() {
         .get(&metric_uri("default", "m", Some("app%3D%3D%3D")))
         .await;
     answer.assert_status(400, "BadRequest");
-    let expected = crate::external_metrics::selector::parse("app===")
+    let expected = crate::apimachinery::selector::parse("app===")
         .unwrap_err()
         .to_string();
     assert_eq!(answer.json()["message"], expected);
@@ -896,7 +899,7 @@ async fn namespace_is_passed_to_the_source() {
             &'a self,
             namespace: &'a str,
             metric: &'a str,
-            selector: &'a crate::external_metrics::selector::Selector,
+            selector: &'a crate::apimachinery::selector::Selector,
         ) -> api::Answer<'a, Result<MetricValues, MetricError>> {
             self.0.lock().unwrap().push((
                 namespace.to_owned(),
@@ -967,12 +970,12 @@ impl crate::external_metrics::api::MetricSource for LaterSource {
         &'a self,
         _namespace: &'a str,
         metric: &'a str,
-        _selector: &'a crate::external_metrics::selector::Selector,
+        _selector: &'a crate::apimachinery::selector::Selector,
     ) -> api::Answer<'a, Result<MetricValues, MetricError>> {
         use std::sync::atomic::Ordering::SeqCst;
         self.asked.fetch_add(1, SeqCst);
         let polled = Arc::clone(&self.polled);
-        api::Answer::later(async move {
+        api::Answer::later(move || async move {
             polled.fetch_add(1, SeqCst);
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             let value = self
@@ -999,7 +1002,7 @@ impl Authorizer for LaterAuthorizer {
         _user: &'a UserInfo,
         _attributes: &'a RequestAttributes<'a>,
     ) -> api::Answer<'a, Decision> {
-        api::Answer::later(async {
+        api::Answer::later(|| async {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             Decision::Allow
         })
@@ -1169,7 +1172,7 @@ mod tls_end_to_end {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(crate::external_metrics::serve_on(
+        let server = tokio::spawn(crate::apiserver::server::serve_on(
             listener,
             tls,
             h.service.clone(),

@@ -2,10 +2,21 @@
 //! Go's, nothing is built twice, and a value that cannot be a Quantity is an error instead
 //! of a number the HPA would misread.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
-use crate::external_metrics::api::MetricValue;
-use crate::external_metrics::quantity::{self, QuantityError};
+use crate::apimachinery::quantity::{self, QuantityError};
+
+/// One value as a source reports it, before it becomes a Quantity on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricValue {
+    pub metric_name: String,
+    pub metric_labels: BTreeMap<String, String>,
+    /// Unix seconds of the point.
+    pub timestamp: i64,
+    pub window_seconds: Option<i64>,
+    pub value: f64,
+}
 
 /// Why a list could not be written; answered as 500 InternalError naming the metric.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

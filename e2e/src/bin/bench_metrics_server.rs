@@ -35,18 +35,18 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use datadog_cluster_agent::external_metrics::api::{
-    Answer, Authentication, Authenticator, Authorizer, Decision, MetricValue, RequestAttributes,
-    UserInfo,
-};
-use datadog_cluster_agent::external_metrics::auth::requestheader::bearer_token;
-use datadog_cluster_agent::external_metrics::auth::{
+use datadog_cluster_agent::apiserver::auth::requestheader::bearer_token;
+use datadog_cluster_agent::apiserver::auth::{
     AccessReviewer, AuthConfig, CachedTokenReviewer, CachingAuthorizer, ReviewError, TokenOutcome,
     TokenReviewer, Verdict, authenticate_request,
 };
-use datadog_cluster_agent::external_metrics::{
-    ExternalMetricsService, InMemorySource, ServiceParts, serve_on,
+use datadog_cluster_agent::apiserver::seams::{
+    Answer, Authentication, Authenticator, Authorizer, Decision, RequestAttributes, UserInfo,
 };
+use datadog_cluster_agent::apiserver::server::serve_on;
+use datadog_cluster_agent::external_metrics::memory::InMemorySource;
+use datadog_cluster_agent::external_metrics::types::MetricValue;
+use datadog_cluster_agent::external_metrics::{ExternalMetricsService, ServiceParts};
 use datadog_cluster_agent::tls::{
     ConnectionInfo, PeerIdentity, ServeOptions, ServerCertResolver, ServerTls, serve_connections,
 };

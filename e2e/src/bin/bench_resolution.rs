@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
+use datadog_cluster_agent::apimachinery::selector::Selector;
 use datadog_cluster_agent::autoscaling::hpa::HpaCatalog;
 use datadog_cluster_agent::autoscaling::refresher::{Resolution, plan};
 use datadog_cluster_agent::autoscaling::source::{SourceSettings, outcome_cache};
@@ -26,7 +27,6 @@ use datadog_cluster_agent::datadog::query::{Aggregator, build_query};
 use datadog_cluster_agent::datadog::resolver::{
     DEFAULT_CONCURRENCY, DatadogResolver, ResolverConfig,
 };
-use datadog_cluster_agent::external_metrics::selector::Selector;
 use e2e::datadog_double::{DatadogDouble, Fault, Route, points_ending_now};
 use kube::api::DynamicObject;
 use serde_json::json;

@@ -13,11 +13,11 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio_util::sync::CancellationToken;
 
-use crate::external_metrics::auth::config::{
+use crate::apiserver::auth::config::{
     AuthConfig, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE, ConfigError,
 };
-use crate::external_metrics::auth::readiness::ConfigMapState;
-use crate::external_metrics::auth::{DelegatingAuth, Trust};
+use crate::apiserver::auth::readiness::ConfigMapState;
+use crate::apiserver::auth::{DelegatingAuth, Trust};
 
 /// Why a ConfigMap version was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -157,12 +157,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::external_metrics::auth::config::tests::ca_pem;
-    use crate::external_metrics::auth::config::{
+    use crate::apiserver::auth::config::tests::ca_pem;
+    use crate::apiserver::auth::config::{
         CLIENT_CA_BUNDLE, KEY_ALLOWED_NAMES, KEY_CLIENT_CA, KEY_REQUESTHEADER_CA,
         REQUESTHEADER_BUNDLE,
     };
-    use crate::external_metrics::auth::{AuthOptions, DelegatingAuth};
+    use crate::apiserver::auth::{AuthOptions, DelegatingAuth};
     use crate::tls::ClientCaHandle;
 
     /// A client that is never used to connect (nothing listens on the discard port).

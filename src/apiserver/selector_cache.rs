@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use foldhash::fast::RandomState;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use crate::external_metrics::selector::{self, Selector, SelectorError};
+use crate::apimachinery::selector::{self, Selector, SelectorError};
 
 /// Distinct selectors kept: far more than the HPAs of a large cluster use.
 pub const DEFAULT_CAPACITY: usize = 1024;

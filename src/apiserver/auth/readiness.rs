@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
 
-use crate::external_metrics::api::Readiness;
-use crate::external_metrics::auth::config::{CONFIGMAP_NAME, CONFIGMAP_NAMESPACE};
+use crate::apiserver::auth::config::{CONFIGMAP_NAME, CONFIGMAP_NAMESPACE};
+use crate::apiserver::seams::Readiness;
 
 /// The reason given when reading the trust ConfigMap is forbidden.
 pub const CONFIGMAP_FORBIDDEN: &str = "missing RoleBinding: the agent's service account needs the Role kube-system/extension-apiserver-authentication-reader";

@@ -16,9 +16,9 @@ use moka::future::Cache;
 use rustls::SupportedCipherSuite;
 use rustls::crypto::hash::Hash;
 
-use crate::external_metrics::api::{Answer, UserInfo};
-use crate::external_metrics::auth::ReviewError;
-use crate::external_metrics::auth::readiness::{ReadinessTracker, ReviewApi};
+use crate::apiserver::auth::ReviewError;
+use crate::apiserver::auth::readiness::{ReadinessTracker, ReviewApi};
+use crate::apiserver::seams::{Answer, UserInfo};
 
 /// What a TokenReview concluded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +140,7 @@ impl KubeTokenReviewer {
 
 impl TokenReviewer for KubeTokenReviewer {
     fn review<'a>(&'a self, token: &'a str) -> Answer<'a, Result<TokenOutcome, ReviewError>> {
-        Answer::later(async move {
+        Answer::later(move || async move {
             self.calls.fetch_add(1, Ordering::Relaxed);
             outcome(&self.create(token).await?)
         })
@@ -200,9 +200,9 @@ impl<R: TokenReviewer> TokenReviewer for CachedTokenReviewer<R> {
         if let Some(Some(outcome)) = self.cache.get(&key).now_or_never() {
             return Answer::ready(Ok(outcome));
         }
-        Answer::later(async move {
+        Answer::later(move || async move {
             self.cache
-                .try_get_with(key, self.inner.review(token))
+                .try_get_with(key, self.inner.review(token).into_future())
                 .await
                 .map_err(|e| (*e).clone())
         })
@@ -337,7 +337,7 @@ mod tests {
 
     impl TokenReviewer for Fake {
         fn review<'a>(&'a self, token: &'a str) -> Answer<'a, Result<TokenOutcome, ReviewError>> {
-            Answer::later(async move {
+            Answer::later(move || async move {
                 self.calls.fetch_add(1, Ordering::SeqCst);
                 // Long enough that concurrent callers overlap.
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -390,7 +390,7 @@ mod tests {
         assert!(reviewer.review("good").await.is_ok());
         assert!(matches!(
             reviewer.review("good"),
-            Answer::Ready(Some(Ok(TokenOutcome::Authenticated(_))))
+            Answer::Ready(Ok(TokenOutcome::Authenticated(_)))
         ));
         // An answer dropped unpolled asked nothing: only the awaited review counted.
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -400,7 +400,8 @@ mod tests {
     #[tokio::test]
     async fn concurrent_reviews_of_one_token_share_a_call() {
         let (reviewer, calls) = cached(false, Duration::from_secs(600));
-        let results = futures::future::join_all((0..8).map(|_| reviewer.review("good"))).await;
+        let results =
+            futures::future::join_all((0..8).map(|_| reviewer.review("good").into_future())).await;
         assert!(results.iter().all(Result::is_ok));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }

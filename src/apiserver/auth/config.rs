@@ -229,7 +229,7 @@ pub(super) mod tests {
     }
 
     /// A self-signed CA certificate named `cn`, PEM (also the watcher tests' CAs).
-    pub(in crate::external_metrics::auth) fn ca_pem(cn: &str) -> String {
+    pub(in crate::apiserver::auth) fn ca_pem(cn: &str) -> String {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
-use crate::external_metrics::api::UserInfo;
-use crate::external_metrics::auth::config::{AuthConfig, CLIENT_CA_BUNDLE, REQUESTHEADER_BUNDLE};
+use crate::apiserver::auth::config::{AuthConfig, CLIENT_CA_BUNDLE, REQUESTHEADER_BUNDLE};
+use crate::apiserver::seams::UserInfo;
 use crate::tls::PeerIdentity;
 
 /// Group every authenticated user gets (`user.AllAuthenticated`).
@@ -36,7 +36,7 @@ pub enum CertOutcome {
 /// Runs the request-header and client-certificate authenticators.
 ///
 /// `requestheader_within_client_ca` comes from
-/// [`TrustBundles`](crate::external_metrics::auth::config::TrustBundles): the TLS layer names
+/// [`TrustBundles`](crate::apiserver::auth::config::TrustBundles): the TLS layer names
 /// only the first bundle that verified the certificate, so whether a front-proxy certificate
 /// would also pass `client-ca-file` is inferred from the bundles' contents.
 pub fn authenticate_certificate(

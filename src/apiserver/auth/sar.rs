@@ -15,9 +15,9 @@ use kube::Api;
 use moka::future::Cache;
 use moka::{Equivalent, Expiry};
 
-use crate::external_metrics::api::{Answer, Authorizer, Decision, RequestAttributes, UserInfo};
-use crate::external_metrics::auth::ReviewError;
-use crate::external_metrics::auth::readiness::{ReadinessTracker, ReviewApi};
+use crate::apiserver::auth::ReviewError;
+use crate::apiserver::auth::readiness::{ReadinessTracker, ReviewApi};
+use crate::apiserver::seams::{Answer, Authorizer, Decision, RequestAttributes, UserInfo};
 
 /// Members are allowed everything without a review.
 pub const PRIVILEGED_GROUP: &str = "system:masters";
@@ -346,7 +346,7 @@ impl<R: AccessReviewer> Authorizer for CachingAuthorizer<R> {
     ) -> Answer<'a, Decision> {
         match self.decide_now(user, attributes) {
             Some(decision) => Answer::ready(decision),
-            None => Answer::later(self.review(user, attributes)),
+            None => Answer::later(move || self.review(user, attributes)),
         }
     }
 }
@@ -582,7 +582,7 @@ mod tests {
         };
         assert!(matches!(
             authz.authorize(&hpa(), &borrowed),
-            Answer::Ready(Some(Decision::Allow))
+            Answer::Ready(Decision::Allow)
         ));
         assert_eq!(asked.lock().expect("lock").len(), 1);
 
@@ -724,8 +724,10 @@ mod tests {
         let (authz, asked) = authorizer(false, LONG, LONG);
         let hpa = hpa();
         let attributes = metric("m");
-        let decisions =
-            futures::future::join_all((0..10).map(|_| authz.authorize(&hpa, &attributes))).await;
+        let decisions = futures::future::join_all(
+            (0..10).map(|_| authz.authorize(&hpa, &attributes).into_future()),
+        )
+        .await;
         assert!(decisions.iter().all(|d| *d == Decision::Allow));
         assert_eq!(asked.lock().expect("lock").len(), 1);
     }

@@ -5,8 +5,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde::Serialize;
 
-use crate::external_metrics::api::{MetricError, RequestAttributes};
-use crate::external_metrics::{GROUP, RESOURCE};
+use crate::apimachinery::goquote::go_quote;
 
 /// A `metav1.Status` with `status: Failure`, ready to be written as the body of the HTTP
 /// response with the same code.
@@ -99,50 +98,52 @@ impl Status {
         )
     }
 
-    /// Go's `responsewriters.Forbidden`: `forbiddenMessage` wrapped by `NewForbidden` with
-    /// the request's GroupResource and an empty name (a list has none).
-    pub fn forbidden(user: &str, attributes: &RequestAttributes, reason: &str) -> Self {
-        let (mut message, details) = match attributes {
-            RequestAttributes::NonResource { verb, path } => (
-                format!(
-                    "forbidden: User {} cannot {verb} path {}",
-                    super::goquote::go_quote(user),
-                    super::goquote::go_quote(path)
-                ),
-                StatusDetails::default(),
-            ),
-            RequestAttributes::Resource {
-                verb,
-                group,
-                resource,
-                namespace,
-                ..
-            } => {
-                let qualified = if group.is_empty() {
-                    resource.to_string()
-                } else {
-                    format!("{resource}.{group}")
-                };
-                let scope = if namespace.is_empty() {
-                    "at the cluster scope".to_owned()
-                } else {
-                    format!("in the namespace {}", super::goquote::go_quote(namespace))
-                };
-                (
-                    format!(
-                        "{qualified} is forbidden: User {} cannot {verb} resource {} in API group {} {scope}",
-                        super::goquote::go_quote(user),
-                        super::goquote::go_quote(resource),
-                        super::goquote::go_quote(group),
-                    ),
-                    StatusDetails {
-                        group: group.to_string(),
-                        kind: resource.to_string(),
-                        ..StatusDetails::default()
-                    },
-                )
-            }
+    /// Go's `responsewriters.Forbidden` for a non-resource request (a path).
+    pub fn forbidden_path(user: &str, verb: &str, path: &str, reason: &str) -> Self {
+        let message = format!(
+            "forbidden: User {} cannot {verb} path {}",
+            go_quote(user),
+            go_quote(path)
+        );
+        Status::forbidden(message, StatusDetails::default(), reason)
+    }
+
+    /// Go's `responsewriters.Forbidden` for a resource request: `forbiddenMessage` wrapped by
+    /// `NewForbidden` with the request's GroupResource and an empty name (a list has none).
+    /// An empty `namespace` is the cluster scope.
+    pub fn forbidden_resource(
+        user: &str,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        namespace: &str,
+        reason: &str,
+    ) -> Self {
+        let qualified = if group.is_empty() {
+            resource.to_owned()
+        } else {
+            format!("{resource}.{group}")
         };
+        let scope = if namespace.is_empty() {
+            "at the cluster scope".to_owned()
+        } else {
+            format!("in the namespace {}", go_quote(namespace))
+        };
+        let message = format!(
+            "{qualified} is forbidden: User {} cannot {verb} resource {} in API group {} {scope}",
+            go_quote(user),
+            go_quote(resource),
+            go_quote(group),
+        );
+        let details = StatusDetails {
+            group: group.to_owned(),
+            kind: resource.to_owned(),
+            ..StatusDetails::default()
+        };
+        Status::forbidden(message, details, reason)
+    }
+
+    fn forbidden(mut message: String, details: StatusDetails, reason: &str) -> Self {
         if !reason.is_empty() {
             message.push_str(": ");
             message.push_str(reason);
@@ -150,6 +151,14 @@ impl Status {
         Status {
             details: Some(details),
             ..Status::new(StatusCode::FORBIDDEN, REASON_FORBIDDEN, message)
+        }
+    }
+
+    /// Go's `NewNotFound`-style answer for a named object of a known kind.
+    pub fn not_found(message: impl Into<String>, details: StatusDetails) -> Self {
+        Status {
+            details: Some(details),
+            ..Status::new(StatusCode::NOT_FOUND, REASON_NOT_FOUND, message)
         }
     }
 
@@ -178,21 +187,21 @@ impl Status {
         }
     }
 
-    /// Go's `NewMethodNotSupported(gr, "watch")`, which a list handler without a watcher
+    /// Go's `NewMethodNotSupported(gr, action)`, which a list handler without a watcher
     /// returns for `watch=true`.
-    pub fn watch_not_supported(metric: &str) -> Self {
+    pub fn method_not_supported(group: &str, kind: &str, action: &str) -> Self {
         Status {
             details: Some(StatusDetails {
-                group: GROUP.to_owned(),
-                kind: metric.to_owned(),
+                group: group.to_owned(),
+                kind: kind.to_owned(),
                 ..StatusDetails::default()
             }),
             ..Status::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 REASON_METHOD_NOT_ALLOWED,
                 format!(
-                    "watch is not supported on resources of kind {}",
-                    super::goquote::go_quote(&format!("{metric}.{GROUP}"))
+                    "{action} is not supported on resources of kind {}",
+                    go_quote(&format!("{kind}.{group}"))
                 ),
             )
         }
@@ -236,25 +245,6 @@ impl Status {
         )
     }
 
-    /// The Status a source's error becomes.
-    pub fn from_metric_error(error: &MetricError) -> Self {
-        match error {
-            MetricError::NotFound { metric, .. } => Status {
-                details: Some(StatusDetails {
-                    name: metric.clone(),
-                    group: GROUP.to_owned(),
-                    kind: RESOURCE.to_owned(),
-                    ..StatusDetails::default()
-                }),
-                ..Status::new(StatusCode::NOT_FOUND, REASON_NOT_FOUND, error.to_string())
-            },
-            MetricError::Stale { .. } | MetricError::Invalid { .. } | MetricError::Internal(_) => {
-                Status::internal(error.to_string())
-            }
-            MetricError::Unavailable(message) => Status::service_unavailable(message.clone()),
-        }
-    }
-
     /// The JSON body.
     pub fn to_json(&self) -> Vec<u8> {
         let wire = Wire {
@@ -280,12 +270,6 @@ impl Status {
 
     pub fn to_bytes(&self) -> Bytes {
         Bytes::from(self.to_json())
-    }
-}
-
-impl From<&MetricError> for Status {
-    fn from(error: &MetricError) -> Self {
-        Status::from_metric_error(error)
     }
 }
 
@@ -332,65 +316,10 @@ mod tests {
     }
 
     #[test]
-    fn forbidden_resource_golden() {
-        let attrs = RequestAttributes::Resource {
-            verb: "list".into(),
-            group: GROUP.into(),
-            version: "v1beta1".into(),
-            resource: "nginx.net.request_per_s".into(),
-            namespace: "default".into(),
-        };
-        assert_eq!(
-            json(&Status::forbidden("system:anonymous", &attrs, "")),
-            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"nginx.net.request_per_s.external.metrics.k8s.io is forbidden: User \"system:anonymous\" cannot list resource \"nginx.net.request_per_s\" in API group \"external.metrics.k8s.io\" in the namespace \"default\"","reason":"Forbidden","details":{"group":"external.metrics.k8s.io","kind":"nginx.net.request_per_s"},"code":403}"#
-        );
-    }
-
-    #[test]
-    fn forbidden_appends_the_authorizer_reason() {
-        let attrs = RequestAttributes::Resource {
-            verb: "list".into(),
-            group: GROUP.into(),
-            version: "v1beta1".into(),
-            resource: "m".into(),
-            namespace: "".into(),
-        };
-        let s = Status::forbidden("bob", &attrs, "no RBAC policy matched");
-        assert_eq!(
-            s.message,
-            r#"m.external.metrics.k8s.io is forbidden: User "bob" cannot list resource "m" in API group "external.metrics.k8s.io" at the cluster scope: no RBAC policy matched"#
-        );
-    }
-
-    #[test]
-    fn forbidden_non_resource_golden() {
-        let attrs = RequestAttributes::NonResource {
-            verb: "get".into(),
-            path: "/apis".into(),
-        };
-        assert_eq!(
-            json(&Status::forbidden("system:anonymous", &attrs, "")),
-            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"forbidden: User \"system:anonymous\" cannot get path \"/apis\"","reason":"Forbidden","details":{},"code":403}"#
-        );
-    }
-
-    #[test]
     fn path_not_found_golden() {
         assert_eq!(
             json(&Status::path_not_found()),
             r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the requested resource","reason":"NotFound","details":{},"code":404}"#
-        );
-    }
-
-    #[test]
-    fn metric_not_found_golden() {
-        let err = MetricError::NotFound {
-            namespace: "prod".into(),
-            metric: "queue.depth".into(),
-        };
-        assert_eq!(
-            json(&Status::from(&err)),
-            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server could not find the metric queue.depth in namespace prod","reason":"NotFound","details":{"name":"queue.depth","group":"external.metrics.k8s.io","kind":"externalmetrics"},"code":404}"#
         );
     }
 
@@ -400,10 +329,6 @@ mod tests {
             json(&Status::method_not_allowed()),
             r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"the server does not allow this method on the requested resource","reason":"MethodNotAllowed","details":{},"code":405}"#
         );
-        assert_eq!(
-            json(&Status::watch_not_supported("queue.depth")),
-            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"watch is not supported on resources of kind \"queue.depth.external.metrics.k8s.io\"","reason":"MethodNotAllowed","details":{"group":"external.metrics.k8s.io","kind":"queue.depth"},"code":405}"#
-        );
     }
 
     #[test]
@@ -411,41 +336,6 @@ mod tests {
         assert_eq!(
             json(&Status::not_acceptable(&["application/json"])),
             r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"only the following media types are accepted: application/json","reason":"NotAcceptable","code":406}"#
-        );
-    }
-
-    #[test]
-    fn internal_error_golden() {
-        let err = MetricError::Invalid {
-            metric: "m".into(),
-            reason: "DatadogMetric is invalid".into(),
-        };
-        assert_eq!(
-            json(&Status::from(&err)),
-            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Internal error occurred: metric m is invalid: DatadogMetric is invalid","reason":"InternalError","details":{"causes":[{"message":"metric m is invalid: DatadogMetric is invalid"}]},"code":500}"#
-        );
-        let stale = MetricError::Stale {
-            metric: "m".into(),
-            detail: "last point 600s old".into(),
-        };
-        let s = Status::from(&stale);
-        assert_eq!(s.code, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_eq!(
-            s.message,
-            "Internal error occurred: the value of metric m is stale: last point 600s old"
-        );
-        let s = Status::from(&MetricError::Internal("boom".into()));
-        assert_eq!(s.reason, REASON_INTERNAL_ERROR);
-        assert_eq!(s.message, "Internal error occurred: boom");
-    }
-
-    #[test]
-    fn service_unavailable_golden() {
-        assert_eq!(
-            json(&Status::from(&MetricError::Unavailable(
-                "metric store not synced yet".into()
-            ))),
-            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"metric store not synced yet","reason":"ServiceUnavailable","code":503}"#
         );
     }
 }

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::external_metrics::api::{
+use crate::apiserver::seams::{
     Answer, Authentication, Authenticator, Authorizer, Decision, Readiness, RequestAttributes,
     UserInfo,
 };
@@ -200,10 +200,9 @@ pub fn authenticate_request<'a, T: TokenReviewer + ?Sized>(
     let Some(token) = requestheader::bearer_token(headers) else {
         return Answer::ready(without_token(errors));
     };
-    match tokens.review(token) {
-        Answer::Ready(Some(outcome)) => Answer::ready(with_token_outcome(outcome, errors)),
-        pending => Answer::later(async move { with_token_outcome(pending.await, errors) }),
-    }
+    tokens
+        .review(token)
+        .map(move |outcome| with_token_outcome(outcome, errors))
 }
 
 /// The chain's conclusion once the token's review is known; `errors` are the certificate
@@ -426,7 +425,7 @@ mod tests {
     use http::{HeaderMap, HeaderValue};
 
     use super::*;
-    use crate::external_metrics::auth::config::{CLIENT_CA_BUNDLE, REQUESTHEADER_BUNDLE};
+    use crate::apiserver::auth::config::{CLIENT_CA_BUNDLE, REQUESTHEADER_BUNDLE};
 
     #[test]
     fn defaults_are_kubes() {

@@ -11,7 +11,7 @@
 #   DCA_E2E_KEEP_BUILD=1 keep the source tree and Go build cache after a successful build
 #
 # Why from source: Debian ships no kube-apiserver binary package, and only Debian packages may be
-# used. Why these fixes: see /work/shared/reference/k8s-control-plane.md (each one was seen failing).
+# used. Each fix below says what failed without it.
 set -euo pipefail
 
 readonly K8S_VERSION=v1.20.2

@@ -1,5 +1,5 @@
-//! A black-box conformance suite for `external.metrics.k8s.io/v1beta1` servers, from
-//! `/work/shared/reference/external-metrics-contract.md` (§1, §2, §3, §9): discovery
+//! A black-box conformance suite for `external.metrics.k8s.io/v1beta1` servers, from the
+//! external metrics contract (§1, §2, §3, §9 of the project's design notes): discovery
 //! documents, Status codes and bodies, label-selector semantics, Quantity formatting, the
 //! request-header authentication matrix and the aggregator's availability check.
 //!

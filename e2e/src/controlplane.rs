@@ -7,7 +7,7 @@
 //! parallel. Every process lives in a [`ProcessGroup`] and dies with the `ControlPlane` or with the
 //! test process, whichever goes first.
 //!
-//! Facts behind the flags: `/work/shared/reference/k8s-control-plane.md`.
+//! Each flag below says why it is set; the ones that work around a failure say what failed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

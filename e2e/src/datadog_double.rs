@@ -1,7 +1,7 @@
 //! A double of the Datadog API, the only SaaS the cluster agent talks to.
 //!
 //! Everything else in the e2e harness is a real component, so this double has to behave like
-//! Datadog's published v1 API (`shared/reference/datadog-api-v1-openapi.yaml`) plus the agent
+//! Datadog's published v1 API (our copy of the operations we use: `e2e/spec/`) plus the agent
 //! intake and flare routes of the DCA contract (§4, §7): the same status codes, bodies, auth rules
 //! and rate-limit headers. `tests/datadog_double_spec.rs` validates its responses against the spec
 //! so that it cannot drift.

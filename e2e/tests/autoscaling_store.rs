@@ -23,8 +23,8 @@ use datadog_cluster_agent::autoscaling::store_format::{
     encode_entry,
 };
 use datadog_cluster_agent::autoscaling::{self, AutoscalingHandle};
+use datadog_cluster_agent::config::Aggregator;
 use datadog_cluster_agent::config::{ExternalMetricsSettings, Secret};
-use datadog_cluster_agent::datadog::query::Aggregator;
 use datadog_cluster_agent::datadog::{QueryOutcome, ResolveError, Resolver};
 use datadog_cluster_agent::external_metrics::api::{MetricError, MetricSource};
 use datadog_cluster_agent::external_metrics::types::MetricValue;

@@ -41,7 +41,9 @@ struct Suite {
     _replica: Option<Replica>,
 }
 
-static SUITE: OnceCell<Suite> = OnceCell::const_new();
+/// The suite, or why it could not start: kept, so that the target starts once and every
+/// test names the cause of a failed start.
+static SUITE: OnceCell<Result<Suite, String>> = OnceCell::const_new();
 
 async fn start_ours() -> Result<Suite> {
     let cp = ControlPlane::start().await?;
@@ -93,25 +95,34 @@ async fn start_ours() -> Result<Suite> {
 }
 
 async fn suite() -> &'static Suite {
-    SUITE
-        .get_or_try_init(|| async {
-            if let Some(target) = Target::from_env().await? {
-                if let Some(admin) = &target.cluster {
-                    conformance::prepare_cluster(admin).await?;
-                }
-                eprintln!("conformance: against {}", target.endpoint.url);
-                return Ok(Suite {
-                    target,
-                    ours: false,
-                    _control_plane: None,
-                    _server: None,
-                    _replica: None,
-                });
-            }
-            start_ours().await
+    let suite = SUITE
+        .get_or_init(|| async {
+            start_suite()
+                .await
+                .map_err(|error| format!("starting the conformance target: {error:#}"))
         })
-        .await
-        .unwrap_or_else(|error: anyhow::Error| panic!("starting the conformance target: {error:#}"))
+        .await;
+    match suite {
+        Ok(suite) => suite,
+        Err(why) => panic!("{why}"),
+    }
+}
+
+async fn start_suite() -> Result<Suite> {
+    if let Some(target) = Target::from_env().await? {
+        if let Some(admin) = &target.cluster {
+            conformance::prepare_cluster(admin).await?;
+        }
+        eprintln!("conformance: against {}", target.endpoint.url);
+        return Ok(Suite {
+            target,
+            ours: false,
+            _control_plane: None,
+            _server: None,
+            _replica: None,
+        });
+    }
+    start_ours().await
 }
 
 fn run(check: for<'a> fn(&'a Target) -> BoxFuture<'a, Result<Report>>) {

@@ -34,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 use crate::autoscaling::AutoscalingError;
 use crate::autoscaling::store_format::{ObjectReference, entry_key, is_valid_configmap_key};
 use crate::autoscaling::telemetry::Telemetry;
-use crate::datadog::query::{Aggregator, build_query, validate_metric_name};
+use crate::config::Aggregator;
+use crate::datadog::query::{build_query, validate_metric_name};
 use crate::k8s::HpaVersion;
 
 /// `source.component` and `reportingComponent` of the Events we emit.

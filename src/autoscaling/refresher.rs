@@ -32,7 +32,8 @@ use crate::autoscaling::source::OutcomeCache;
 use crate::autoscaling::store::{StoreSnapshot, StoreWriter};
 use crate::autoscaling::store_format::ExternalMetricValue;
 use crate::autoscaling::telemetry::Telemetry;
-use crate::datadog::query::{Aggregator, build_query};
+use crate::config::Aggregator;
+use crate::datadog::query::build_query;
 use crate::datadog::{QueryOutcome, Resolver};
 
 /// Reason stored for an entry no query has answered yet.

@@ -38,7 +38,7 @@ use crate::autoscaling::hpa::{HpaCatalog, Wanted};
 use crate::autoscaling::store::{StoreSnapshot, StoredMetric};
 use crate::autoscaling::store_format::format_last_updated;
 use crate::autoscaling::telemetry::Telemetry;
-use crate::datadog::query::Aggregator;
+use crate::config::Aggregator;
 use crate::datadog::response::effective_max_age;
 use crate::datadog::{QueryOutcome, ResolveError, Resolver};
 use crate::external_metrics::api::{MetricError, MetricSource, MetricValues};
@@ -335,8 +335,8 @@ impl DatadogMetricSource {
 
     /// Counters and per-metric ages, now.
     pub fn telemetry(&self) -> crate::autoscaling::telemetry::TelemetrySnapshot {
-        self.telemetry
-            .snapshot(&self.store(), jiff::Timestamp::now().as_second())
+        self.store()
+            .telemetry(&self.telemetry, jiff::Timestamp::now().as_second())
     }
 
     /// Ready to serve once every HPA was listed and the store copy synced; before that,

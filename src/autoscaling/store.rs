@@ -27,7 +27,7 @@ use crate::autoscaling::store_format::{
     ExternalMetricValue, LAST_UPDATED_ANNOTATION, StoredEntry, decode_entry, encode_entry,
     format_last_updated, is_external_metric_key, is_valid_configmap_key,
 };
-use crate::autoscaling::telemetry::Telemetry;
+use crate::autoscaling::telemetry::{MetricAge, Telemetry, TelemetrySnapshot};
 
 /// Annotation holding `{data key: why the entry is invalid}` as JSON.
 pub const INVALID_REASONS_ANNOTATION: &str = "custom-metrics.datadoghq.com/invalid-reasons";
@@ -98,6 +98,26 @@ pub struct StoreSnapshot {
 }
 
 impl StoreSnapshot {
+    /// The subsystem's counters, plus this copy's age and per-metric ages as of `now`.
+    pub fn telemetry(&self, telemetry: &Telemetry, now: i64) -> TelemetrySnapshot {
+        let metrics = self
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.key.clone(),
+                    MetricAge {
+                        metric_name: e.value.metric_name.clone(),
+                        labels: e.value.labels.clone(),
+                        valid: e.value.valid,
+                        age_secs: now.saturating_sub(e.value.timestamp),
+                    },
+                )
+            })
+            .collect();
+        telemetry.snapshot(self.seen_at.map(|t| now.saturating_sub(t)), metrics)
+    }
+
     /// Decodes a ConfigMap (not yet `synced`, no `seen_at`).
     pub fn from_configmap(cm: &ConfigMap) -> Self {
         let mut entries = Vec::new();
@@ -687,5 +707,41 @@ mod tests {
         }
         assert_eq!(truncate("aé", 2), "a");
         assert_eq!(encode_reasons(&BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn snapshot_reports_counters_and_ages() {
+        let t = Telemetry::default();
+        t.cache_hit();
+        t.cache_miss();
+        t.cache_miss();
+        t.store_write_error();
+        t.store_hit();
+        let empty = StoreSnapshot::default().telemetry(&t, 100);
+        assert_eq!(empty.last_refresh, None);
+        assert_eq!(empty.store_copy_age_secs, None);
+        t.refreshed(90);
+        let value = ExternalMetricValue {
+            metric_name: "m".into(),
+            timestamp: 40,
+            reference: ObjectReference::horizontal("n", "h", "u"),
+            valid: true,
+            value: 1.0,
+            ..ExternalMetricValue::default()
+        };
+        let store = StoreSnapshot::from_parts(
+            vec![StoredMetric {
+                key: value.key(),
+                value,
+            }],
+            BTreeMap::new(),
+            Some(70),
+        );
+        let s = store.telemetry(&t, 100);
+        assert_eq!((s.cache_hits, s.cache_misses, s.store_hits), (1, 2, 1));
+        assert_eq!(s.store_write_errors, 1);
+        assert_eq!((s.refreshes, s.last_refresh), (1, Some(90)));
+        assert_eq!(s.store_copy_age_secs, Some(30));
+        assert_eq!(s.metrics["external_metric-horizontal-n-h-m"].age_secs, 60);
     }
 }

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::datadog::query::{Aggregator, build_query};
+use crate::config::Aggregator;
+use crate::datadog::query::build_query;
 use crate::datadog::response::QueryOutcome;
 
 /// Default ConfigMap name (`hpa_configmap_name`).

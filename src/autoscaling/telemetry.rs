@@ -4,8 +4,6 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::autoscaling::store::StoreSnapshot;
-
 /// Counters shared by the watcher, the refresher and the metric source.
 #[derive(Debug, Default)]
 pub struct Telemetry {
@@ -100,8 +98,13 @@ impl Telemetry {
         self.events_emitted.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The counters, plus per-metric ages computed from `store` as of `now`.
-    pub fn snapshot(&self, store: &StoreSnapshot, now: i64) -> TelemetrySnapshot {
+    /// The counters, with what the store copy reports of itself (see
+    /// `StoreSnapshot::telemetry`).
+    pub fn snapshot(
+        &self,
+        store_copy_age_secs: Option<i64>,
+        metrics: BTreeMap<String, MetricAge>,
+    ) -> TelemetrySnapshot {
         let last_refresh = self.last_refresh.load(Ordering::Relaxed);
         TelemetrySnapshot {
             store_hits: self.store_hits.load(Ordering::Relaxed),
@@ -115,65 +118,8 @@ impl Telemetry {
             hpa_watch_errors: self.hpa_watch_errors.load(Ordering::Relaxed),
             store_watch_errors: self.store_watch_errors.load(Ordering::Relaxed),
             events_emitted: self.events_emitted.load(Ordering::Relaxed),
-            store_copy_age_secs: store.seen_at.map(|t| now.saturating_sub(t)),
-            metrics: store
-                .entries
-                .iter()
-                .map(|e| {
-                    (
-                        e.key.clone(),
-                        MetricAge {
-                            metric_name: e.value.metric_name.clone(),
-                            labels: e.value.labels.clone(),
-                            valid: e.value.valid,
-                            age_secs: now.saturating_sub(e.value.timestamp),
-                        },
-                    )
-                })
-                .collect(),
+            store_copy_age_secs,
+            metrics,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::autoscaling::store::StoredMetric;
-    use crate::autoscaling::store_format::{ExternalMetricValue, ObjectReference};
-
-    #[test]
-    fn snapshot_reports_counters_and_ages() {
-        let t = Telemetry::default();
-        t.cache_hit();
-        t.cache_miss();
-        t.cache_miss();
-        t.store_write_error();
-        t.store_hit();
-        let empty = t.snapshot(&StoreSnapshot::default(), 100);
-        assert_eq!(empty.last_refresh, None);
-        assert_eq!(empty.store_copy_age_secs, None);
-        t.refreshed(90);
-        let value = ExternalMetricValue {
-            metric_name: "m".into(),
-            timestamp: 40,
-            reference: ObjectReference::horizontal("n", "h", "u"),
-            valid: true,
-            value: 1.0,
-            ..ExternalMetricValue::default()
-        };
-        let store = StoreSnapshot::from_parts(
-            vec![StoredMetric {
-                key: value.key(),
-                value,
-            }],
-            BTreeMap::new(),
-            Some(70),
-        );
-        let s = t.snapshot(&store, 100);
-        assert_eq!((s.cache_hits, s.cache_misses, s.store_hits), (1, 2, 1));
-        assert_eq!(s.store_write_errors, 1);
-        assert_eq!((s.refreshes, s.last_refresh), (1, Some(90)));
-        assert_eq!(s.store_copy_age_secs, Some(30));
-        assert_eq!(s.metrics["external_metric-horizontal-n-h-m"].age_secs, 60);
     }
 }

@@ -1,6 +1,7 @@
 //! Settings from `datadog-cluster.yaml` overridden by `DD_*` environment variables, with the
 //! Go DCA's defaults, validated with one-line errors that name the setting.
 
+mod aggregator;
 mod spec;
 mod value;
 
@@ -140,7 +141,7 @@ pub enum LockResource {
     Lease,
 }
 
-pub use crate::datadog::query::Aggregator;
+pub use aggregator::{Aggregator, UnknownAggregator};
 
 fn parse_aggregator(raw: &str) -> Result<Aggregator, String> {
     raw.parse()

@@ -9,8 +9,8 @@
 //! Everything here is pure: no I/O, no clock.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
-use std::str::FromStr;
+
+use crate::config::Aggregator;
 
 /// Maximum length of a Datadog metric name accepted for an HPA external metric.
 pub const MAX_METRIC_NAME_LEN: usize = 200;
@@ -29,9 +29,6 @@ pub enum QueryError {
         /// Why it was rejected.
         reason: MetricNameError,
     },
-    /// `external_metrics.aggregator` is not one of the supported space aggregators.
-    #[error("unknown aggregator {0:?}: expected one of avg, sum, max, min")]
-    UnknownAggregator(String),
     /// A query cannot be safely placed in a comma-joined batch.
     #[error("invalid query {query:?}: {reason}")]
     InvalidBatchQuery {
@@ -101,57 +98,6 @@ fn check_metric_name(name: &str) -> Result<(), MetricNameError> {
         return Err(MetricNameError::TooLong(name.len()));
     }
     Ok(())
-}
-
-/// Space aggregator put in front of the query (`external_metrics.aggregator`, default `avg`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Aggregator {
-    /// `avg`
-    #[default]
-    Avg,
-    /// `sum`
-    Sum,
-    /// `max`
-    Max,
-    /// `min`
-    Min,
-}
-
-impl Aggregator {
-    /// The lower-case name used in the query.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Aggregator::Avg => "avg",
-            Aggregator::Sum => "sum",
-            Aggregator::Max => "max",
-            Aggregator::Min => "min",
-        }
-    }
-}
-
-impl fmt::Display for Aggregator {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Aggregator {
-    type Err = QueryError;
-
-    /// Parses `avg`, `sum`, `max` or `min`, ignoring ASCII case and surrounding
-    /// whitespace. Anything else is an error (the Go DCA passes any string through).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let t = s.trim();
-        [
-            Aggregator::Avg,
-            Aggregator::Sum,
-            Aggregator::Max,
-            Aggregator::Min,
-        ]
-        .into_iter()
-        .find(|a| a.as_str().eq_ignore_ascii_case(t))
-        .ok_or_else(|| QueryError::UnknownAggregator(s.to_owned()))
-    }
 }
 
 /// Converts HPA `matchLabels` into Datadog tags: `key:value`, sorted byte-wise as whole
@@ -350,35 +296,6 @@ mod tests {
         );
         let msg = validate_metric_name("ab-c").unwrap_err().to_string();
         assert!(msg.starts_with("metric name \"ab-c\" is invalid"), "{msg}");
-    }
-
-    #[test]
-    fn aggregator_from_str() {
-        let cases: &[(&str, Option<Aggregator>)] = &[
-            ("avg", Some(Aggregator::Avg)),
-            ("sum", Some(Aggregator::Sum)),
-            ("max", Some(Aggregator::Max)),
-            ("min", Some(Aggregator::Min)),
-            ("AVG", Some(Aggregator::Avg)),
-            (" max ", Some(Aggregator::Max)),
-            ("", None),
-            ("count", None),
-            ("median", None),
-            ("avg:", None),
-        ];
-        for (s, want) in cases {
-            match want {
-                Some(a) => {
-                    assert_eq!(s.parse::<Aggregator>(), Ok(*a), "{s:?}");
-                    assert_eq!(a.to_string().parse::<Aggregator>(), Ok(*a));
-                }
-                None => assert_eq!(
-                    s.parse::<Aggregator>(),
-                    Err(QueryError::UnknownAggregator((*s).to_owned()))
-                ),
-            }
-        }
-        assert_eq!(Aggregator::default(), Aggregator::Avg);
     }
 
     /// Vectors from Go `TestGetKey` plus the contract example.

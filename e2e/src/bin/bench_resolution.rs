@@ -20,10 +20,11 @@ use datadog_cluster_agent::autoscaling::refresher::{Resolution, plan};
 use datadog_cluster_agent::autoscaling::source::{SourceSettings, outcome_cache};
 use datadog_cluster_agent::autoscaling::store::{StoreSnapshot, StoredMetric};
 use datadog_cluster_agent::autoscaling::{DatadogMetricSource, Telemetry};
+use datadog_cluster_agent::config::Aggregator;
 use datadog_cluster_agent::config::Secret;
 use datadog_cluster_agent::datadog::Resolver;
 use datadog_cluster_agent::datadog::client::{ClientConfig, DatadogClient};
-use datadog_cluster_agent::datadog::query::{Aggregator, build_query};
+use datadog_cluster_agent::datadog::query::build_query;
 use datadog_cluster_agent::datadog::resolver::{
     DEFAULT_CONCURRENCY, DatadogResolver, ResolverConfig,
 };

@@ -30,8 +30,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         config_file = ?settings.config_file,
         "starting the Datadog Cluster Agent"
     );
-    let client = crate::k8s::client(&settings).await?;
-    let capabilities = crate::k8s::discover(&client).await?;
+    let crate::k8s::Connection {
+        client,
+        capabilities,
+    } = crate::k8s::connect(&settings).await?;
     let namespace = crate::k8s::resource_namespace(&settings);
     tracing::info!(?capabilities, %namespace, "connected to the Kubernetes API server");
 

@@ -8,6 +8,7 @@ pub mod autoscaling;
 pub mod cli;
 pub mod config;
 pub mod datadog;
+pub mod error;
 pub mod external_metrics;
 pub mod k8s;
 pub mod leader;

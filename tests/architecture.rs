@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     // Pure shapes and the build stamp.
     ("apimachinery", 0),
+    ("error", 0),
     ("version", 0),
     // Settings and plumbing every subsystem uses.
     ("config", 1),

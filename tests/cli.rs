@@ -212,10 +212,27 @@ fn the_kubernetes_configuration_source_follows_the_precedence() {
         err.contains("cannot load the in-cluster Kubernetes configuration"),
         "{err}"
     );
-    // Neither: KUBECONFIG, here pointing at nothing.
+    // Neither: KUBECONFIG, here pointing at nothing, is named as the file that is missing.
     let err = stderr(&start_to_the_kubernetes_client(&[("KUBECONFIG", missing)]));
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("Error: "))
+        .unwrap_or_else(|| panic!("no error line: {err}"));
     assert!(
-        err.contains("cannot find a Kubernetes configuration"),
+        line.contains(&format!(
+            "cannot load kubeconfig {missing} (from KUBECONFIG)"
+        )) && line.contains("No such file or directory"),
+        "{line}"
+    );
+    // Nor KUBECONFIG nor ~/.kube/config: said so, with what to set.
+    let home = tempfile::tempdir().unwrap();
+    let err = stderr(&start_to_the_kubernetes_client(&[(
+        "HOME",
+        home.path().to_str().unwrap(),
+    )]));
+    assert!(
+        err.contains("cannot find a Kubernetes configuration")
+            && err.contains("set kubernetes_kubeconfig_path or KUBECONFIG"),
         "{err}"
     );
 }

@@ -46,7 +46,8 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            let cause: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("Error: {}", crate::error::chain_line(cause));
             ExitCode::FAILURE
         }
     }

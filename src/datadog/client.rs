@@ -30,6 +30,7 @@ use super::batch::query_escape;
 use super::ratelimit::RateLimitHeaders;
 use super::response::{QueryResponse, ResponseError, parse_query_response};
 use crate::config::{Secret, Settings};
+use crate::error::Cause;
 
 /// Product token of the `User-Agent`, as the Go DCA sends it.
 pub const USER_AGENT_PRODUCT: &str = "Datadog-Cluster-Agent";
@@ -75,13 +76,13 @@ pub enum ClientError {
     InvalidKey(&'static str),
     /// The extra CA bundle cannot be used.
     #[error("invalid extra CA bundle for the Datadog client: {0}")]
-    Tls(String),
+    Tls(#[source] Cause),
     /// reqwest refused the configuration.
     #[error("cannot build the Datadog HTTP client: {0}")]
-    Build(String),
+    Build(#[source] Cause),
     /// Connection, TLS, timeout or body read error, after retries.
     #[error("request to Datadog failed: {0}")]
-    Transport(String),
+    Transport(#[source] Cause),
     /// 401/403: wrong application key, missing permission, or the wrong site.
     #[error("API error {status}: {body}")]
     Forbidden { status: StatusCode, body: String },
@@ -274,20 +275,20 @@ pub fn tls_config(extra_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, Clie
     if let Some(pem) = extra_pem {
         let certs = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
+            .map_err(|e| ClientError::Tls(Cause::new(e)))?;
         if certs.is_empty() {
-            return Err(ClientError::Tls("no PEM certificate found".to_owned()));
+            return Err(ClientError::Tls(Cause::msg("no PEM certificate found")));
         }
         for cert in certs {
             roots
                 .add(cert)
-                .map_err(|e| ClientError::Tls(e.to_string()))?;
+                .map_err(|e| ClientError::Tls(Cause::new(e)))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Build(e.to_string()))?
+        .map_err(|e| ClientError::Build(Cause::new(e)))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -318,7 +319,7 @@ fn excerpt(body: &[u8]) -> String {
 /// One HTTP exchange.
 enum Attempt {
     Answer { status: StatusCode, body: Vec<u8> },
-    Failed(String),
+    Failed(Cause),
 }
 
 impl DatadogClient {
@@ -351,7 +352,7 @@ impl DatadogClient {
         }
         let http = builder
             .build()
-            .map_err(|e| ClientError::Build(e.to_string()))?;
+            .map_err(|e| ClientError::Build(Cause::new(e)))?;
         tracing::info!(endpoint = %base_url, "Datadog client for metric queries initialized");
         Ok(DatadogClient {
             http,
@@ -423,7 +424,7 @@ impl DatadogClient {
         let mut response = match self.http.get(url).send().await {
             Ok(r) => r,
             // reqwest errors name the URL, which holds queries but no key.
-            Err(e) => return Attempt::Failed(error_chain(&e)),
+            Err(e) => return Attempt::Failed(Cause::new(e)),
         };
         if let Some(headers) = RateLimitHeaders::from_headers(response.headers()) {
             *rate_limit = Some(RateLimitObservation {
@@ -437,14 +438,14 @@ impl DatadogClient {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > MAX_BODY_BYTES {
-                        return Attempt::Failed(format!(
+                        return Attempt::Failed(Cause::msg(format!(
                             "the response body exceeds {MAX_BODY_BYTES} bytes"
-                        ));
+                        )));
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(e) => return Attempt::Failed(error_chain(&e)),
+                Err(e) => return Attempt::Failed(Cause::new(e)),
             }
         }
         Attempt::Answer { status, body }
@@ -462,22 +463,6 @@ impl DatadogClient {
              us3.datadoghq.com, or external_metrics_provider.endpoint)"
         );
     }
-}
-
-/// An error and its sources on one line: reqwest's own message is often just "error sending
-/// request", the cause is below it.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// `base` ± 25 %, so that clients failing together do not retry together.
@@ -693,10 +678,10 @@ mod tests {
             (status(502), false),
             (status(503), false),
             (
-                ClientError::Response(ResponseError::Decode("eof".into())),
+                ClientError::Response(ResponseError::Decode(Cause::msg("eof"))),
                 false,
             ),
-            (ClientError::Transport("reset".into()), false),
+            (ClientError::Transport(Cause::msg("reset")), false),
             (
                 ClientError::RateLimited {
                     body: String::new(),

@@ -17,6 +17,7 @@
 //!
 //! A 2xx body with `"status": "error"` is an error `API returned error: <error>`.
 
+use crate::error::Cause;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -36,7 +37,7 @@ pub const BATCH_MISMATCH_REASON: &str =
 pub enum ResponseError {
     /// The body is not a JSON object of the expected shape.
     #[error("could not decode the /api/v1/query response: {0}")]
-    Decode(String),
+    Decode(#[source] Cause),
     /// The body says `"status": "error"` (zorkian wording).
     #[error("API returned error: {0}")]
     Api(String),
@@ -270,10 +271,10 @@ fn opt_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>
 pub fn parse_query_response(body: &[u8]) -> Result<QueryResponse, ResponseError> {
     // serde would also accept a struct written as a JSON array; Go does not.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err(ResponseError::Decode("expected a JSON object".to_owned()));
+        return Err(ResponseError::Decode(Cause::msg("expected a JSON object")));
     }
     let resp: QueryResponse =
-        serde_json::from_slice(body).map_err(|e| ResponseError::Decode(e.to_string()))?;
+        serde_json::from_slice(body).map_err(|e| ResponseError::Decode(Cause::new(e)))?;
     if resp.status.as_deref() == Some("error") {
         return Err(ResponseError::Api(resp.error.unwrap_or_default()));
     }

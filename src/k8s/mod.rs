@@ -1,28 +1,84 @@
 //! The Kubernetes client, the namespace our objects live in, and what API versions the
 //! server offers (we run on 1.20 test clusters and on current ones).
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 
 use crate::config::Settings;
+use crate::error::Cause;
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
+/// How long start-up keeps trying an API server it cannot reach (or that answers 5xx or
+/// 429, as one still starting does) before giving up, and the first pause between tries.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(8);
+
+/// Each message names what was used (a file, a URL, and the setting or variable it came
+/// from) and what to check; the library's error follows as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum K8sError {
-    #[error("cannot load the in-cluster Kubernetes configuration: {0}")]
-    InCluster(String),
-    #[error("cannot load kubeconfig {path}: {message} (setting kubernetes_kubeconfig_path)")]
-    Kubeconfig { path: String, message: String },
     #[error(
-        "cannot find a Kubernetes configuration (not in a pod, no KUBECONFIG, no ~/.kube/config): {0}"
+        "cannot load the in-cluster Kubernetes configuration (KUBERNETES_SERVICE_HOST is set); \
+         check that the pod mounts its service account token"
     )]
-    Infer(String),
-    #[error("cannot build the Kubernetes client: {0}")]
-    Client(String),
-    #[error("cannot discover the API groups of the Kubernetes API server: {0}")]
-    Discovery(String),
+    InCluster(#[source] kube::config::InClusterError),
+    #[error("cannot load kubeconfig {path} (from {origin}); check the path and the file")]
+    Kubeconfig {
+        path: String,
+        origin: &'static str,
+        #[source]
+        source: KubeconfigError,
+    },
+    #[error(
+        "cannot find a Kubernetes configuration: not in a pod (no KUBERNETES_SERVICE_HOST), \
+         no KUBECONFIG and no {home_config}; set kubernetes_kubeconfig_path or KUBECONFIG"
+    )]
+    NoConfiguration { home_config: String },
+    #[error("cannot build the Kubernetes client for {url} (from {origin})")]
+    Client {
+        url: String,
+        origin: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "cannot reach the Kubernetes API server at {url} (from {origin}) after trying for \
+         {waited_secs} s; check that it is running and that the address is right"
+    )]
+    Unreachable {
+        url: String,
+        origin: String,
+        waited_secs: u64,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "the Kubernetes API server at {url} (from {origin}) refused our credentials (HTTP \
+         {code} to GET /apis); check the token or client certificate there"
+    )]
+    Unauthorized {
+        url: String,
+        origin: String,
+        code: u16,
+        #[source]
+        source: Cause,
+    },
+    #[error(
+        "the server at {url} (from {origin}) answered HTTP {code} to GET /apis, which no \
+         Kubernetes API server does; check that the address is the API server's"
+    )]
+    NotAnApiServer {
+        url: String,
+        origin: String,
+        code: u16,
+        #[source]
+        source: Cause,
+    },
 }
 
 /// Where the client's configuration comes from.
@@ -44,27 +100,92 @@ fn config_source(in_pod: bool, kubeconfig_path: Option<&Path>) -> ConfigSource<'
     }
 }
 
-/// The client, configured as [`config_source`] decides.
-pub async fn client(settings: &Settings) -> Result<kube::Client, K8sError> {
+/// Outside a pod with no path configured, as client-go infers it: KUBECONFIG (a list of
+/// files, merged) when set and not empty, else `~/.kube/config` when it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Inferred {
+    Env(OsString),
+    Home(PathBuf),
+    Nothing,
+}
+
+fn infer_source(kubeconfig_env: Option<OsString>, home_config: Option<&Path>) -> Inferred {
+    match kubeconfig_env {
+        Some(value) if std::env::split_paths(&value).any(|p| !p.as_os_str().is_empty()) => {
+            Inferred::Env(value)
+        }
+        _ => match home_config {
+            Some(path) if path.is_file() => Inferred::Home(path.to_owned()),
+            _ => Inferred::Nothing,
+        },
+    }
+}
+
+/// A client and what it was configured from, for messages.
+pub struct Connection {
+    pub client: kube::Client,
+    pub capabilities: ApiCapabilities,
+}
+
+/// The client, configured as [`config_source`] decides, and what its API server offers.
+/// An API server that cannot be reached yet is retried with backoff for a bounded time.
+pub async fn connect(settings: &Settings) -> Result<Connection, K8sError> {
+    let (client, url, origin) = client_with_origin(settings).await?;
+    let capabilities = discover_patiently(&client, &url, &origin, STARTUP_PATIENCE).await?;
+    Ok(Connection {
+        client,
+        capabilities,
+    })
+}
+
+async fn client_with_origin(
+    settings: &Settings,
+) -> Result<(kube::Client, String, String), K8sError> {
     let in_pod = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     let source = config_source(in_pod, settings.kubernetes_kubeconfig_path.as_deref());
-    let mut config = match source {
-        ConfigSource::InCluster => {
-            kube::Config::incluster().map_err(|e| K8sError::InCluster(e.to_string()))?
-        }
+    let options = KubeConfigOptions::default();
+    let (mut config, origin) = match source {
+        ConfigSource::InCluster => (
+            kube::Config::incluster().map_err(K8sError::InCluster)?,
+            "the pod's service account".to_owned(),
+        ),
         ConfigSource::Kubeconfig(path) => {
-            let err = |e: &dyn std::fmt::Display| K8sError::Kubeconfig {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            };
-            let kubeconfig = Kubeconfig::read_from(path).map_err(|e| err(&e))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| err(&e))?
+            let origin = "setting kubernetes_kubeconfig_path";
+            let kubeconfig = read_kubeconfig(path, origin)?;
+            let config = from_kubeconfig(kubeconfig, &options, path, origin).await?;
+            (config, format!("kubeconfig {}", path.display()))
         }
-        ConfigSource::Infer => kube::Config::infer()
-            .await
-            .map_err(|e| K8sError::Infer(e.to_string()))?,
+        ConfigSource::Infer => {
+            let home = std::env::home_dir().map(|h| h.join(".kube").join("config"));
+            match infer_source(std::env::var_os("KUBECONFIG"), home.as_deref()) {
+                Inferred::Env(value) => {
+                    let path = PathBuf::from(&value);
+                    let kubeconfig = Kubeconfig::from_env()
+                        .map_err(|source| K8sError::Kubeconfig {
+                            path: path.display().to_string(),
+                            origin: "KUBECONFIG",
+                            source,
+                        })?
+                        .unwrap_or_default();
+                    let config = from_kubeconfig(kubeconfig, &options, &path, "KUBECONFIG").await?;
+                    (config, format!("KUBECONFIG={}", path.display()))
+                }
+                Inferred::Home(path) => {
+                    let origin = "~/.kube/config";
+                    let kubeconfig = read_kubeconfig(&path, origin)?;
+                    let config = from_kubeconfig(kubeconfig, &options, &path, origin).await?;
+                    (config, format!("kubeconfig {}", path.display()))
+                }
+                Inferred::Nothing => {
+                    return Err(K8sError::NoConfiguration {
+                        home_config: home.map_or_else(
+                            || "~/.kube/config".to_owned(),
+                            |h| h.display().to_string(),
+                        ),
+                    });
+                }
+            }
+        }
     };
     let timeout = settings.kubernetes_apiserver_client_timeout;
     if !timeout.is_zero() {
@@ -74,7 +195,36 @@ pub async fn client(settings: &Settings) -> Result<kube::Client, K8sError> {
         config.read_timeout = None;
         config.write_timeout = Some(timeout);
     }
-    kube::Client::try_from(config).map_err(|e| K8sError::Client(e.to_string()))
+    let url = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).map_err(|source| K8sError::Client {
+        url: url.clone(),
+        origin: origin.clone(),
+        source,
+    })?;
+    Ok((client, url, origin))
+}
+
+fn read_kubeconfig(path: &Path, origin: &'static str) -> Result<Kubeconfig, K8sError> {
+    Kubeconfig::read_from(path).map_err(|source| K8sError::Kubeconfig {
+        path: path.display().to_string(),
+        origin,
+        source,
+    })
+}
+
+async fn from_kubeconfig(
+    kubeconfig: Kubeconfig,
+    options: &KubeConfigOptions,
+    path: &Path,
+    origin: &'static str,
+) -> Result<kube::Config, K8sError> {
+    kube::Config::from_custom_kubeconfig(kubeconfig, options)
+        .await
+        .map_err(|source| K8sError::Kubeconfig {
+            path: path.display().to_string(),
+            origin,
+            source,
+        })
 }
 
 /// `kube_resources_namespace`, else the pod's own namespace, else `default`.
@@ -125,17 +275,104 @@ pub struct ApiCapabilities {
     pub leases: bool,
 }
 
+/// What `GET /apis` failing means for start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiscoveryFailure {
+    /// Not reached, or answered as a server still starting does (5xx, 429): try again.
+    Retry,
+    /// 401 or 403.
+    Unauthorized(u16),
+    /// Any other answer: not a Kubernetes API server, or not its address.
+    Unexpected(u16),
+}
+
+fn classify(error: &kube::Error) -> DiscoveryFailure {
+    match error {
+        kube::Error::Api(status) => match status.code {
+            401 | 403 => DiscoveryFailure::Unauthorized(status.code),
+            429 | 500..=599 => DiscoveryFailure::Retry,
+            code => DiscoveryFailure::Unexpected(code),
+        },
+        _ => DiscoveryFailure::Retry,
+    }
+}
+
+/// The message of a refusal: the Status the server sent, or what kube made of a body that
+/// was none (e.g. a web server's 404 page).
+fn api_message(error: &kube::Error) -> Cause {
+    match error {
+        kube::Error::Api(status) if !status.message.is_empty() => {
+            Cause::msg(status.message.clone())
+        }
+        _ => Cause::msg("the answer is not a Kubernetes Status"),
+    }
+}
+
+/// What `client`'s API server offers, asked once.
 pub async fn discover(client: &kube::Client) -> Result<ApiCapabilities, K8sError> {
-    let groups = client
-        .list_api_groups()
-        .await
-        .map_err(|e| K8sError::Discovery(e.to_string()))?;
-    let offered: Vec<String> = groups
-        .groups
-        .iter()
-        .flat_map(|g| g.versions.iter().map(|v| v.group_version.clone()))
-        .collect();
-    Ok(capabilities_from(&offered))
+    discover_patiently(client, "its API server", "the given client", Duration::ZERO).await
+}
+
+/// The group-versions the server offers, asked until `patience` runs out while the server
+/// cannot be reached (doubling pauses from 0.5 s to 8 s).
+async fn discover_patiently(
+    client: &kube::Client,
+    url: &str,
+    origin: &str,
+    patience: Duration,
+) -> Result<ApiCapabilities, K8sError> {
+    let start = tokio::time::Instant::now();
+    let mut pause = FIRST_RETRY;
+    loop {
+        let error = match client.list_api_groups().await {
+            Ok(groups) => {
+                let offered: Vec<String> = groups
+                    .groups
+                    .iter()
+                    .flat_map(|g| g.versions.iter().map(|v| v.group_version.clone()))
+                    .collect();
+                return Ok(capabilities_from(&offered));
+            }
+            Err(error) => error,
+        };
+        let (url, origin) = (url.to_owned(), origin.to_owned());
+        match classify(&error) {
+            DiscoveryFailure::Unauthorized(code) => {
+                return Err(K8sError::Unauthorized {
+                    url,
+                    origin,
+                    code,
+                    source: api_message(&error),
+                });
+            }
+            DiscoveryFailure::Unexpected(code) => {
+                return Err(K8sError::NotAnApiServer {
+                    url,
+                    origin,
+                    code,
+                    source: api_message(&error),
+                });
+            }
+            DiscoveryFailure::Retry if start.elapsed() + pause > patience => {
+                return Err(K8sError::Unreachable {
+                    url,
+                    origin,
+                    waited_secs: start.elapsed().as_secs(),
+                    source: error,
+                });
+            }
+            DiscoveryFailure::Retry => {
+                tracing::warn!(
+                    %url,
+                    error = %crate::error::chain_line(&error),
+                    retry_in = ?pause,
+                    "cannot reach the Kubernetes API server yet"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RETRY);
+            }
+        }
+    }
 }
 
 /// Picks, from the group-versions the server lists, the newest one we can read of each.
@@ -162,7 +399,175 @@ pub fn capabilities_from(group_versions: &[String]) -> ApiCapabilities {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
+
+    #[test]
+    fn outside_a_pod_kubeconfig_then_the_home_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("config");
+        let missing = dir.path().join("missing");
+        std::fs::write(&home, "apiVersion: v1\nkind: Config\n").unwrap();
+        let env = |v: &str| Some(OsString::from(v));
+        let cases: &[(Option<OsString>, &Path, Inferred)] = &[
+            (env("/a:/b"), &home, Inferred::Env("/a:/b".into())),
+            // A KUBECONFIG naming a missing file is still what the user asked for.
+            (
+                env("/nonexistent"),
+                &home,
+                Inferred::Env("/nonexistent".into()),
+            ),
+            (env(""), &home, Inferred::Home(home.clone())),
+            (env(":"), &home, Inferred::Home(home.clone())),
+            (None, &home, Inferred::Home(home.clone())),
+            (None, &missing, Inferred::Nothing),
+        ];
+        for (kubeconfig, home_config, want) in cases {
+            assert_eq!(
+                &infer_source(kubeconfig.clone(), Some(home_config)),
+                want,
+                "{kubeconfig:?} {home_config:?}"
+            );
+        }
+        assert_eq!(infer_source(None, None), Inferred::Nothing);
+    }
+
+    #[test]
+    fn what_a_failed_discovery_means() {
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            }))
+        };
+        let cases = [
+            (api(401), DiscoveryFailure::Unauthorized(401)),
+            (api(403), DiscoveryFailure::Unauthorized(403)),
+            (api(404), DiscoveryFailure::Unexpected(404)),
+            (api(400), DiscoveryFailure::Unexpected(400)),
+            (api(429), DiscoveryFailure::Retry),
+            (api(500), DiscoveryFailure::Retry),
+            (api(503), DiscoveryFailure::Retry),
+            (
+                kube::Error::Service(Box::new(std::io::Error::other("refused"))),
+                DiscoveryFailure::Retry,
+            ),
+        ];
+        for (error, want) in cases {
+            assert_eq!(classify(&error), want, "{error}");
+        }
+    }
+
+    /// A plain-HTTP server on 127.0.0.1 that answers each connection with the next of
+    /// `answers` (the last one repeated), counting connections.
+    async fn http_server(answers: Vec<String>) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&served);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let answer = answers[n.min(answers.len() - 1)].clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        (url, served)
+    }
+
+    fn answer(status: &str, content_type: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn client_for(url: &str) -> kube::Client {
+        let config = kube::Config::new(url.parse().unwrap());
+        kube::Client::try_from(config).unwrap()
+    }
+
+    const GROUPS: &str = r#"{"kind":"APIGroupList","apiVersion":"v1","groups":[{"name":"autoscaling","versions":[{"groupVersion":"autoscaling/v2","version":"v2"}],"preferredVersion":{"groupVersion":"autoscaling/v2","version":"v2"}}]}"#;
+
+    #[tokio::test]
+    async fn an_unreachable_api_server_is_named_with_its_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let err = discover_patiently(&client_for(&url), &url, "KUBECONFIG=/k", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, K8sError::Unreachable { .. }), "{err:?}");
+        let line = crate::error::chain_line(&err);
+        assert!(
+            line.contains(&url) && line.contains("KUBECONFIG=/k"),
+            "{line}"
+        );
+        assert!(line.contains("check that it is running"), "{line}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_is_no_api_server_is_named_as_such() {
+        let (url, _) =
+            http_server(vec![answer("404 Not Found", "text/plain", "no such page")]).await;
+        let err = discover_patiently(&client_for(&url), &url, "kubeconfig /k", Duration::ZERO)
+            .await
+            .unwrap_err();
+        let line = crate::error::chain_line(&err);
+        assert!(
+            matches!(err, K8sError::NotAnApiServer { code: 404, .. }),
+            "{line}"
+        );
+        assert!(line.contains(&url) && line.contains("HTTP 404"), "{line}");
+        // No library debug dump in the line.
+        assert!(
+            !line.contains("Status {") && !line.contains("ApiError"),
+            "{line}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_are_named_as_such() {
+        let status = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
+        let (url, _) =
+            http_server(vec![answer("401 Unauthorized", "application/json", status)]).await;
+        let err = discover_patiently(&client_for(&url), &url, "kubeconfig /k", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, K8sError::Unauthorized { code: 401, .. }),
+            "{err:?}"
+        );
+        assert!(crate::error::chain_line(&err).contains("refused our credentials"));
+    }
+
+    #[tokio::test]
+    async fn a_starting_api_server_is_retried_until_it_answers() {
+        // 500, not 503: kube's client retries 503 itself.
+        let unavailable = answer("500 Internal Server Error", "text/plain", "etcd not ready");
+        let ok = answer("200 OK", "application/json", GROUPS);
+        let (url, served) = http_server(vec![unavailable.clone(), unavailable, ok]).await;
+        let capabilities = discover_patiently(
+            &client_for(&url),
+            &url,
+            "kubeconfig /k",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        assert_eq!(capabilities.hpa, Some(HpaVersion::V2));
+        assert_eq!(served.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn capabilities_prefer_the_newest_version() {

@@ -17,6 +17,7 @@ use kube::api::PostParams;
 
 use super::LeaderError;
 use super::record::{LEADER_ANNOTATION, LeaderElectionRecord};
+use crate::error::Cause;
 
 /// A record as read from the lock, with the raw form whose changes mark the holder alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +53,7 @@ fn api_error(lock: &str, err: kube::Error) -> LeaderError {
         },
         _ => LeaderError::Api {
             lock: lock.to_owned(),
-            message: err.to_string(),
+            cause: Cause::new(err),
         },
     }
 }
@@ -144,7 +145,7 @@ impl Lock for ConfigMapLock {
         let record = LeaderElectionRecord::from_annotation(raw.as_deref()).map_err(|e| {
             LeaderError::Record {
                 lock: self.describe.clone(),
-                message: e.to_string(),
+                cause: Cause::new(e),
             }
         })?;
         Ok(Some(ReadRecord {

@@ -30,6 +30,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
 use crate::config::{LeaderElectionSettings, LockResource, Settings};
+use crate::error::Cause;
 
 pub use elector::Timing;
 pub use identity::identity;
@@ -45,13 +46,21 @@ pub enum LeaderError {
     /// is broken.
     #[error("{lock} changed since we read it")]
     Conflict { lock: String },
-    #[error("{lock}: Kubernetes API error: {message}")]
-    Api { lock: String, message: String },
+    #[error("{lock}: Kubernetes API error: {cause}")]
+    Api {
+        lock: String,
+        #[source]
+        cause: Cause,
+    },
     #[error(
-        "{lock}: the leader election record cannot be read ({message}); nobody can be elected \
+        "{lock}: the leader election record cannot be read ({cause}); nobody can be elected \
          until it is fixed or removed"
     )]
-    Record { lock: String, message: String },
+    Record {
+        lock: String,
+        #[source]
+        cause: Cause,
+    },
     #[error("{lock}: written before being read (internal error)")]
     NotRead { lock: String },
     #[error("{lock}: no answer from the Kubernetes API within {after:?}")]

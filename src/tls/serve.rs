@@ -162,8 +162,6 @@ pub async fn serve<S, B>(
 /// verification does; until either changes it is reused, with no cryptography per request.
 /// Handshake failures and connection errors are logged at debug level and only end that
 /// connection.
-/// Wrap a tower service (e.g. an axum `Router`) in
-/// `hyper_util::service::TowerToHyperService` to pass it here.
 pub async fn serve_with_options<S, B>(
     listener: TcpListener,
     tls: ServerTls,

@@ -36,6 +36,7 @@ use crate::apiserver::seams::{
     Answer, Authentication, Authenticator, Authorizer, Decision, Readiness, RequestAttributes,
     UserInfo,
 };
+use crate::error::Cause;
 use crate::tls::{ClientCaHandle, PeerIdentity};
 
 pub use config::{AuthConfig, ConfigError, TrustBundles};
@@ -58,8 +59,12 @@ pub enum ReviewError {
         message: String,
     },
     /// The API server could not be reached or its answer not read.
-    #[error("cannot create a {}: {message}", api.kind())]
-    Transport { api: ReviewApi, message: String },
+    #[error("cannot create a {}: {cause}", api.kind())]
+    Transport {
+        api: ReviewApi,
+        #[source]
+        cause: Cause,
+    },
     #[error("the API server did not answer the {} within {timeout:?}", api.kind())]
     Timeout { api: ReviewApi, timeout: Duration },
     #[error("the API server answered the {} without a status", api.kind())]
@@ -89,7 +94,7 @@ impl ReviewError {
             },
             other => Self::Transport {
                 api,
-                message: other.to_string(),
+                cause: Cause::new(other),
             },
         }
     }
@@ -458,7 +463,7 @@ mod tests {
                 }))),
                 "down" => Err(ReviewError::Transport {
                     api: ReviewApi::TokenReview,
-                    message: "connection refused".into(),
+                    cause: Cause::msg("connection refused"),
                 }),
                 _ => Ok(TokenOutcome::Rejected("invalid bearer token".into())),
             };

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::error::Cause;
 use crate::leader::{LeaderHandle, LeaderStatus};
 
 /// The apiserver's copy of the lock object.
@@ -77,7 +78,7 @@ impl FakeLock {
         if self.down.load(Ordering::SeqCst) {
             return Err(LeaderError::Api {
                 lock: "fake".into(),
-                message: "connection refused".into(),
+                cause: Cause::msg("connection refused"),
             });
         }
         Ok(())
@@ -96,7 +97,7 @@ impl Lock for FakeLock {
         let record = LeaderElectionRecord::from_annotation(object.raw.as_deref()).map_err(|e| {
             LeaderError::Record {
                 lock: "fake".into(),
-                message: e.to_string(),
+                cause: Cause::new(e),
             }
         })?;
         Ok(Some(ReadRecord {
@@ -146,7 +147,7 @@ impl Lock for FakeLock {
         if object.refuse_ensure {
             return Err(LeaderError::Api {
                 lock: "fake".into(),
-                message: "forbidden".into(),
+                cause: Cause::msg("forbidden"),
             });
         }
         if !object.exists {
@@ -532,7 +533,7 @@ fn warnings_are_rate_limited() {
     let mut failures = Failures::default();
     let err = LeaderError::Api {
         lock: "l".into(),
-        message: "boom".into(),
+        cause: Cause::msg("boom"),
     };
     failures.failed("l", &err);
     let first = failures.last_warned;

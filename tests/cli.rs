@@ -253,3 +253,21 @@ fn text_logs_into_a_pipe_carry_no_colour_codes() {
         assert!(!err.contains('\u{1b}'), "{args:?}: escape codes in {err:?}");
     }
 }
+
+#[test]
+fn a_malformed_setting_nothing_reads_yet_does_not_stop_start() {
+    let home = tempfile::tempdir().unwrap();
+    let err = stderr(&start_to_the_kubernetes_client(&[
+        ("DD_HEALTH_PORT", "-1"),
+        ("HOME", home.path().to_str().unwrap()),
+    ]));
+    // Past the configuration, with a warning, up to the next thing missing here.
+    assert!(
+        err.contains("ignoring the value of health_port (from DD_HEALTH_PORT)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cannot find a Kubernetes configuration"),
+        "{err}"
+    );
+}

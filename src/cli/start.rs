@@ -7,9 +7,12 @@ use crate::config::Settings;
 pub fn run(cfgpath: Option<&Path>, color: bool) -> anyhow::Result<()> {
     // Configuration errors are reported before anything else starts, so a misconfigured pod
     // fails in milliseconds with the one line that names the setting.
-    let settings = Settings::load(cfgpath)?;
+    let (settings, warnings) = Settings::load_for_start(cfgpath)?;
     settings.validate_for_start()?;
     crate::logging::init(settings.log_level, settings.log_format_json, color);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("dca-worker")

@@ -5,7 +5,7 @@ mod aggregator;
 mod spec;
 mod value;
 
-pub use spec::{SPECS, Spec, env_name, markdown_table};
+pub use spec::{NOT_YET_USED, SPECS, Spec, env_name, markdown_table};
 pub use value::{scrub_secret, validate_auth_token};
 
 use std::collections::BTreeMap;
@@ -280,12 +280,44 @@ impl Settings {
         Settings::load_from(file.as_deref(), &dir, &|name| std::env::var(name).ok())
     }
 
+    /// As [`load`](Self::load), for `start`: a malformed value of a setting nothing reads
+    /// yet ([`NOT_YET_USED`]) does not stop the agent; it is replaced by the default, and
+    /// the warnings say so.
+    pub fn load_for_start(cfgpath: Option<&Path>) -> Result<(Settings, Vec<String>), ConfigError> {
+        let file = config_file_path(cfgpath)?;
+        let dir = match cfgpath {
+            Some(p) if p.is_dir() => p.to_path_buf(),
+            _ => config_dir_of(file.as_deref()),
+        };
+        Settings::load_leniently(file.as_deref(), &dir, &|name| std::env::var(name).ok())
+    }
+
+    /// [`load_for_start`](Self::load_for_start) with an explicit file and environment.
+    pub fn load_leniently(
+        file: Option<&Path>,
+        config_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Settings, Vec<String>), ConfigError> {
+        let (mut resolved, file) = Settings::resolve_from(file, env)?;
+        let warnings = resolved.reset_malformed_unused();
+        let settings = Settings::from_resolved(resolved, file, config_dir)?;
+        Ok((settings, warnings))
+    }
+
     /// Loads with an explicit file and environment, so tests need not touch the process.
     pub fn load_from(
         file: Option<&Path>,
         config_dir: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Settings, ConfigError> {
+        let (resolved, file) = Settings::resolve_from(file, env)?;
+        Settings::from_resolved(resolved, file, config_dir)
+    }
+
+    fn resolve_from(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Resolved, Option<PathBuf>), ConfigError> {
         let file_values = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
@@ -296,8 +328,10 @@ impl Settings {
             }
             None => BTreeMap::new(),
         };
-        let resolved = resolve(file, &file_values, env);
-        Settings::from_resolved(resolved, file.map(Path::to_path_buf), config_dir)
+        Ok((
+            resolve(file, &file_values, env),
+            file.map(Path::to_path_buf),
+        ))
     }
 
     fn from_resolved(
@@ -538,6 +572,39 @@ fn resolve_auth_token(r: &Resolved, config_dir: &Path) -> Result<Option<Secret>,
 }
 
 impl Resolved {
+    /// Puts back the default of each setting in [`NOT_YET_USED`] whose value is malformed
+    /// (the token aside), returning one warning line for each.
+    fn reset_malformed_unused(&mut self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for spec in SPECS {
+            if !NOT_YET_USED.contains(&spec.key) || spec.key == "cluster_agent.auth_token" {
+                continue;
+            }
+            let Some(Entry {
+                raw: Raw::Scalar(raw),
+                source,
+            }) = self.0.get(spec.key)
+            else {
+                continue;
+            };
+            if let Err(message) = spec::check_kind(spec.kind, raw.trim()) {
+                warnings.push(format!(
+                    "ignoring the value of {} (from {source}): {message}; the setting is not \
+                     used yet, so the default {:?} stands",
+                    spec.key, spec.default
+                ));
+                self.0.insert(
+                    spec.key,
+                    Entry {
+                        raw: Raw::Scalar(spec.default.to_owned()),
+                        source: Source::Default,
+                    },
+                );
+            }
+        }
+        warnings
+    }
+
     fn entry(&self, key: &str) -> Option<&Entry> {
         self.0.get(key)
     }

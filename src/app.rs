@@ -23,7 +23,7 @@ const READINESS_POLL: Duration = Duration::from_secs(1);
 
 type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     tracing::info!(
         version = crate::version::VERSION,
         commit = crate::version::COMMIT,

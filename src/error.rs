@@ -61,7 +61,7 @@ impl Error for Message {}
 
 /// An error and its sources on one line, `outer: inner: root`, leaving out a source whose
 /// text the line already holds (many errors write their source into their own message).
-pub fn chain_line(error: &(dyn Error + 'static)) -> String {
+pub(crate) fn chain_line(error: &(dyn Error + 'static)) -> String {
     let mut line = String::new();
     let mut next = Some(error);
     while let Some(error) = next {

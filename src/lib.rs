@@ -1,18 +1,19 @@
 //! The Datadog Cluster Agent, in Rust: the library behind the `datadog-cluster-agent` binary.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod apimachinery;
 pub mod apiserver;
-pub mod app;
+pub(crate) mod app;
 pub mod autoscaling;
 pub mod cli;
 pub mod config;
 pub mod datadog;
-pub mod error;
+pub(crate) mod error;
 pub mod external_metrics;
 pub mod k8s;
 pub mod leader;
-pub mod logging;
-pub mod shutdown;
+pub(crate) mod logging;
+pub(crate) mod shutdown;
 pub mod tls;
 pub mod version;

@@ -6,7 +6,7 @@ use crate::config::LogLevel;
 
 /// `RUST_LOG`, when set, wins: it is how developers trace one module. Otherwise the
 /// configured level applies to our code, and chatty dependencies stay at warn.
-pub fn init(level: LogLevel, json: bool, color: bool) {
+pub(crate) fn init(level: LogLevel, json: bool, color: bool) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|s| EnvFilter::try_new(s).ok())

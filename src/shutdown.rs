@@ -5,7 +5,7 @@ use tracing::Instrument;
 
 /// Cancels `token` on the first SIGTERM or SIGINT. A second signal exits at once, for an
 /// operator whose drain is taking too long.
-pub fn on_signals(token: CancellationToken) -> std::io::Result<()> {
+pub(crate) fn on_signals(token: CancellationToken) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -22,7 +22,8 @@ use datadog_cluster_agent::apiserver::negotiate::{
     MediaRange, Offer, negotiate, negotiate_values, parse_accept,
 };
 use datadog_cluster_agent::apimachinery::quantity::{self, Format, Quantity, QuantityError};
-use datadog_cluster_agent::external_metrics::routes::{self, Route, is_dns1123_label};
+use datadog_cluster_agent::apimachinery::validation::is_dns1123_label;
+use datadog_cluster_agent::external_metrics::routes::{self, Route};
 use datadog_cluster_agent::apimachinery::selector::{self, Operator, Selector};
 
 /// A fuzz target: bytes in, panics on a broken invariant.

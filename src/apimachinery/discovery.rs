@@ -152,7 +152,7 @@ pub(crate) fn to_vec<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec())
 }
 
-pub fn api_group_list_json(spec: &GroupVersionSpec) -> Vec<u8> {
+pub(crate) fn api_group_list_json(spec: &GroupVersionSpec) -> Vec<u8> {
     to_vec(&ApiGroupList {
         kind: "APIGroupList",
         api_version: "v1",
@@ -160,11 +160,11 @@ pub fn api_group_list_json(spec: &GroupVersionSpec) -> Vec<u8> {
     })
 }
 
-pub fn api_group_json(spec: &GroupVersionSpec) -> Vec<u8> {
+pub(crate) fn api_group_json(spec: &GroupVersionSpec) -> Vec<u8> {
     to_vec(&api_group(spec, true))
 }
 
-pub fn api_resource_list_json(spec: &GroupVersionSpec) -> Vec<u8> {
+pub(crate) fn api_resource_list_json(spec: &GroupVersionSpec) -> Vec<u8> {
     to_vec(&ApiResourceList {
         kind: "APIResourceList",
         api_version: "v1",
@@ -184,7 +184,10 @@ pub fn api_resource_list_json(spec: &GroupVersionSpec) -> Vec<u8> {
 }
 
 /// The aggregated discovery document in `apidiscovery.k8s.io/<version>`.
-pub fn aggregated_discovery_json(spec: &GroupVersionSpec, api_version: &'static str) -> Vec<u8> {
+pub(crate) fn aggregated_discovery_json(
+    spec: &GroupVersionSpec,
+    api_version: &'static str,
+) -> Vec<u8> {
     to_vec(&ApiGroupDiscoveryList {
         kind: "APIGroupDiscoveryList",
         api_version,

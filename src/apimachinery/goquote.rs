@@ -41,7 +41,7 @@ fn is_go_printable(c: char) -> bool {
 }
 
 /// Go's `strconv.Quote` (see [`is_go_printable`] for its one approximation).
-pub fn go_quote(s: &str) -> String {
+pub(crate) fn go_quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

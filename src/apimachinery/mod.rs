@@ -6,9 +6,9 @@
 //! It may import nothing of this crate: every other layer builds on it, and each parser here
 //! takes untrusted input, so each has vector tables, property tests and a fuzz target.
 
-pub mod discovery;
-pub mod goquote;
+pub(crate) mod discovery;
+pub(crate) mod goquote;
 pub mod quantity;
 pub mod selector;
-pub mod status;
+pub(crate) mod status;
 pub mod validation;

@@ -64,14 +64,14 @@ struct Wire<'a> {
 #[derive(Serialize)]
 struct Empty {}
 
-pub const REASON_BAD_REQUEST: &str = "BadRequest";
-pub const REASON_UNAUTHORIZED: &str = "Unauthorized";
-pub const REASON_FORBIDDEN: &str = "Forbidden";
-pub const REASON_NOT_FOUND: &str = "NotFound";
-pub const REASON_METHOD_NOT_ALLOWED: &str = "MethodNotAllowed";
-pub const REASON_NOT_ACCEPTABLE: &str = "NotAcceptable";
-pub const REASON_INTERNAL_ERROR: &str = "InternalError";
-pub const REASON_SERVICE_UNAVAILABLE: &str = "ServiceUnavailable";
+pub(crate) const REASON_BAD_REQUEST: &str = "BadRequest";
+pub(crate) const REASON_UNAUTHORIZED: &str = "Unauthorized";
+pub(crate) const REASON_FORBIDDEN: &str = "Forbidden";
+pub(crate) const REASON_NOT_FOUND: &str = "NotFound";
+pub(crate) const REASON_METHOD_NOT_ALLOWED: &str = "MethodNotAllowed";
+pub(crate) const REASON_NOT_ACCEPTABLE: &str = "NotAcceptable";
+pub(crate) const REASON_INTERNAL_ERROR: &str = "InternalError";
+pub(crate) const REASON_SERVICE_UNAVAILABLE: &str = "ServiceUnavailable";
 
 impl Status {
     fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
@@ -275,13 +275,13 @@ impl Status {
 
 /// A Status serialised once, for the errors whose body never changes.
 #[derive(Debug, Clone)]
-pub struct PrebuiltStatus {
+pub(crate) struct PrebuiltStatus {
     pub code: StatusCode,
     pub body: Bytes,
 }
 
 impl PrebuiltStatus {
-    pub fn new(status: &Status) -> Self {
+    pub(crate) fn new(status: &Status) -> Self {
         PrebuiltStatus {
             code: status.code,
             body: status.to_bytes(),

@@ -13,14 +13,17 @@ use crate::apiserver::seams::{
 };
 use crate::tls::PeerIdentity;
 
-pub struct Admission {
+pub(crate) struct Admission {
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
     unauthorized: PrebuiltStatus,
 }
 
 impl Admission {
-    pub fn new(authenticator: Arc<dyn Authenticator>, authorizer: Arc<dyn Authorizer>) -> Self {
+    pub(crate) fn new(
+        authenticator: Arc<dyn Authenticator>,
+        authorizer: Arc<dyn Authorizer>,
+    ) -> Self {
         Admission {
             authenticator,
             authorizer,
@@ -32,7 +35,7 @@ impl Admission {
     /// the answer to give instead; `None` when a seam deferred at [`Pace::Now`]. A future of
     /// its own, so that the identity and attributes it holds while waiting share room with
     /// the handler's state in the request's future.
-    pub async fn admit<'a>(
+    pub(crate) async fn admit<'a>(
         &self,
         parts: &Parts,
         peer: &PeerIdentity,
@@ -77,7 +80,7 @@ impl Admission {
 }
 
 /// Go's `responsewriters.Forbidden` for the request's attributes.
-pub fn forbidden(user: &str, attributes: &RequestAttributes<'_>, reason: &str) -> Status {
+pub(crate) fn forbidden(user: &str, attributes: &RequestAttributes<'_>, reason: &str) -> Status {
     match attributes {
         RequestAttributes::NonResource { verb, path } => {
             Status::forbidden_path(user, verb, path, reason)

@@ -30,7 +30,7 @@ struct VersionInfo {
     platform: String,
 }
 
-pub fn version_json() -> Vec<u8> {
+pub(crate) fn version_json() -> Vec<u8> {
     let (major, minor, patch) = crate::version::parts();
     to_vec(&VersionInfo {
         major: major.to_string(),
@@ -59,7 +59,7 @@ fn platform() -> String {
 
 /// Every discovery document, serialised once.
 #[derive(Debug, Clone)]
-pub struct DiscoveryDocs {
+pub(crate) struct DiscoveryDocs {
     pub api_group_list: StaticDoc,
     pub aggregated_v2: StaticDoc,
     pub aggregated_v2beta1: StaticDoc,
@@ -69,7 +69,7 @@ pub struct DiscoveryDocs {
 }
 
 impl DiscoveryDocs {
-    pub fn build(spec: &GroupVersionSpec) -> Self {
+    pub(crate) fn build(spec: &GroupVersionSpec) -> Self {
         DiscoveryDocs {
             api_group_list: StaticDoc::new(api_group_list_json(spec), Offer::Json.content_type()),
             aggregated_v2: StaticDoc::new(
@@ -90,7 +90,7 @@ impl DiscoveryDocs {
     }
 
     /// The `/apis` document in the negotiated representation.
-    pub fn apis(&self, offer: Offer) -> &StaticDoc {
+    pub(crate) fn apis(&self, offer: Offer) -> &StaticDoc {
         match offer {
             Offer::Json => &self.api_group_list,
             Offer::DiscoveryV2 => &self.aggregated_v2,

@@ -8,14 +8,14 @@
 //! above them: it knows nothing of metrics, so the external metrics API and the node-agent
 //! API stand on it side by side.
 
-pub mod admission;
+pub(crate) mod admission;
 pub mod auth;
-pub mod discovery;
+pub(crate) mod discovery;
 pub mod negotiate;
-pub mod openapi;
-pub mod probes;
-pub mod response;
+pub(crate) mod openapi;
+pub(crate) mod probes;
+pub(crate) mod response;
 pub mod seams;
-pub mod selector_cache;
+pub(crate) mod selector_cache;
 pub mod server;
-pub mod static_doc;
+pub(crate) mod static_doc;

@@ -7,7 +7,7 @@ use crate::apiserver::static_doc::StaticDoc;
 
 /// The three documents, serialised and hashed once.
 #[derive(Debug, Clone)]
-pub struct OpenApiDocs {
+pub(crate) struct OpenApiDocs {
     pub v2: StaticDoc,
     pub v3_root: StaticDoc,
     pub v3_group_version: StaticDoc,
@@ -16,7 +16,12 @@ pub struct OpenApiDocs {
 impl OpenApiDocs {
     /// `v3_key` is the group-version's key in the v3 index (`apis/<group>/<version>`) and
     /// `v3_path` the path serving `v3_group_version`.
-    pub fn build(v2: Vec<u8>, v3_group_version: Vec<u8>, v3_key: &str, v3_path: &str) -> Self {
+    pub(crate) fn build(
+        v2: Vec<u8>,
+        v3_group_version: Vec<u8>,
+        v3_key: &str,
+        v3_path: &str,
+    ) -> Self {
         let v3_group_version = StaticDoc::new(v3_group_version, "application/json");
         let v3_root = StaticDoc::new(
             v3_root_json(v3_key, v3_path, &v3_group_version.hash),
@@ -31,7 +36,7 @@ impl OpenApiDocs {
 }
 
 /// The `/openapi/v3` index.
-pub fn v3_root_json(key: &str, path: &str, group_version_hash: &str) -> Vec<u8> {
+pub(crate) fn v3_root_json(key: &str, path: &str, group_version_hash: &str) -> Vec<u8> {
     let doc = json!({
         "paths": {
             key: { "serverRelativeURL": format!("{path}?hash={group_version_hash}") },

@@ -31,21 +31,21 @@ impl Probe {
     }
 }
 
-pub struct Probes {
+pub(crate) struct Probes {
     /// `/readyz` passes when every one of these is ready (none: always).
     readiness: Vec<watch::Receiver<Readiness>>,
     method_not_allowed: PrebuiltStatus,
 }
 
 impl Probes {
-    pub fn new(readiness: Vec<watch::Receiver<Readiness>>) -> Self {
+    pub(crate) fn new(readiness: Vec<watch::Receiver<Readiness>>) -> Self {
         Probes {
             readiness,
             method_not_allowed: PrebuiltStatus::new(&Status::method_not_allowed()),
         }
     }
 
-    pub fn answer(&self, probe: Probe, method: &Method) -> Response<Body> {
+    pub(crate) fn answer(&self, probe: Probe, method: &Method) -> Response<Body> {
         let head = method == Method::HEAD;
         if !(method == Method::GET || head) {
             return method_not_allowed(&self.method_not_allowed, head);

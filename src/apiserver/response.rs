@@ -16,15 +16,15 @@ use crate::apimachinery::status::{PrebuiltStatus, Status};
 use crate::apiserver::static_doc::StaticDoc;
 
 /// The response body type: every answer is one buffer.
-pub type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
-pub const NOSNIFF: HeaderName = HeaderName::from_static("x-content-type-options");
+pub(crate) const NOSNIFF: HeaderName = HeaderName::from_static("x-content-type-options");
 
 /// Go's `WithCacheControl` default: API answers depend on who asks, so no shared cache
 /// may keep them.
-pub const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache, private");
+pub(crate) const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache, private");
 
-pub fn body_response(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
+pub(crate) fn body_response(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
     if head {
         // HEAD: the headers GET would send, Content-Length included, and no body.
         let mut response = Response::new(Full::new(Bytes::new()));
@@ -39,7 +39,7 @@ pub fn body_response(code: StatusCode, body: Bytes, head: bool) -> Response<Body
     response
 }
 
-pub fn json_response(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
+pub(crate) fn json_response(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
     let mut response = body_response(code, body, head);
     let h = response.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -48,7 +48,7 @@ pub fn json_response(code: StatusCode, body: Bytes, head: bool) -> Response<Body
     response
 }
 
-pub fn text(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
+pub(crate) fn text(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
     let mut response = body_response(code, body, head);
     let h = response.headers_mut();
     h.insert(
@@ -60,16 +60,16 @@ pub fn text(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
     response
 }
 
-pub fn status(status: &Status, head: bool) -> Response<Body> {
+pub(crate) fn status(status: &Status, head: bool) -> Response<Body> {
     json_response(status.code, status.to_bytes(), head)
 }
 
-pub fn prebuilt(status: &PrebuiltStatus, head: bool) -> Response<Body> {
+pub(crate) fn prebuilt(status: &PrebuiltStatus, head: bool) -> Response<Body> {
     json_response(status.code, status.body.clone(), head)
 }
 
 /// 405 with the methods every route of ours allows.
-pub fn method_not_allowed(status: &PrebuiltStatus, head: bool) -> Response<Body> {
+pub(crate) fn method_not_allowed(status: &PrebuiltStatus, head: bool) -> Response<Body> {
     let mut response = prebuilt(status, head);
     response
         .headers_mut()
@@ -79,7 +79,7 @@ pub fn method_not_allowed(status: &PrebuiltStatus, head: bool) -> Response<Body>
 
 /// A static document, or 304 when the client's `If-None-Match` names its ETag.
 /// `cache_control` defaults to [`NO_CACHE`].
-pub fn document(
+pub(crate) fn document(
     doc: &StaticDoc,
     headers: &HeaderMap,
     head: bool,

@@ -14,10 +14,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use crate::apimachinery::selector::{self, Selector, SelectorError};
 
 /// Distinct selectors kept: far more than the HPAs of a large cluster use.
-pub const DEFAULT_CAPACITY: usize = 1024;
+pub(crate) const DEFAULT_CAPACITY: usize = 1024;
 
 #[derive(Debug)]
-pub struct SelectorCache {
+pub(crate) struct SelectorCache {
     parsed: RwLock<HashMap<Box<str>, Arc<Selector>, RandomState>>,
     everything: Arc<Selector>,
     capacity: usize,
@@ -30,7 +30,7 @@ impl Default for SelectorCache {
 }
 
 impl SelectorCache {
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         SelectorCache {
             parsed: RwLock::new(HashMap::default()),
             everything: Arc::new(Selector::everything()),
@@ -39,7 +39,7 @@ impl SelectorCache {
     }
 
     /// The selector of a `labelSelector` parameter; absent or empty matches everything.
-    pub fn get(&self, raw: Option<&str>) -> Result<Arc<Selector>, SelectorError> {
+    pub(crate) fn get(&self, raw: Option<&str>) -> Result<Arc<Selector>, SelectorError> {
         let raw = match raw {
             None | Some("") => return Ok(Arc::clone(&self.everything)),
             Some(raw) => raw,
@@ -63,15 +63,17 @@ impl SelectorCache {
         Ok(parsed)
     }
 
+    #[cfg(test)]
     /// Selectors held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.parsed
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

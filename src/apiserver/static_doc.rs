@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue, header::IF_NONE_MATCH};
 use ring::digest::{SHA512, digest};
 
 #[derive(Debug, Clone)]
-pub struct StaticDoc {
+pub(crate) struct StaticDoc {
     pub body: Bytes,
     /// `"<SHA-512 in upper-case hex>"`, the form Go's discovery and OpenAPI handlers use.
     pub etag: HeaderValue,
@@ -16,7 +16,7 @@ pub struct StaticDoc {
 }
 
 impl StaticDoc {
-    pub fn new(body: Vec<u8>, content_type: &'static str) -> Self {
+    pub(crate) fn new(body: Vec<u8>, content_type: &'static str) -> Self {
         let hash = sha512_hex(&body);
         // Upper-case hex in quotes is visible ASCII, always a valid header value.
         let etag = HeaderValue::from_str(&format!("\"{hash}\""))
@@ -30,14 +30,14 @@ impl StaticDoc {
     }
 
     /// Whether the request's `If-None-Match` names this document's ETag (so 304 applies).
-    pub fn not_modified(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn not_modified(&self, headers: &HeaderMap) -> bool {
         if_none_match(headers, self.etag.as_bytes())
     }
 }
 
 /// RFC 9110 §13.1.2: `*`, or a list of entity tags compared weakly (a `W/` prefix on either
 /// side is ignored).
-pub fn if_none_match(headers: &HeaderMap, etag: &[u8]) -> bool {
+pub(crate) fn if_none_match(headers: &HeaderMap, etag: &[u8]) -> bool {
     let ours = strip_weak(etag);
     headers
         .get_all(IF_NONE_MATCH)

@@ -540,7 +540,7 @@ pub(crate) struct HpaWatcher {
 impl HpaWatcher {
     /// Watches HPAs until shutdown; the stream retries with backoff on its own, so only a
     /// stream that ends is an error.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AutoscalingError> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), AutoscalingError> {
         let HpaWatcher {
             api,
             version,

@@ -14,7 +14,7 @@ pub mod refresher;
 pub mod source;
 pub mod store;
 pub mod store_format;
-pub mod telemetry;
+pub(crate) mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;

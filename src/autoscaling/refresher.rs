@@ -249,7 +249,7 @@ fn now_secs() -> i64 {
 
 impl Refresher {
     /// Refreshes while this replica leads; waits while it does not.
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         mut leader: watch::Receiver<bool>,
         shutdown: CancellationToken,

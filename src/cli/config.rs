@@ -12,7 +12,7 @@ pub struct ConfigArgs {
     markdown_table: bool,
 }
 
-pub fn run(cfgpath: Option<&Path>, args: &ConfigArgs) -> anyhow::Result<()> {
+pub(super) fn run(cfgpath: Option<&Path>, args: &ConfigArgs) -> anyhow::Result<()> {
     if args.markdown_table {
         print!("{}", markdown_table());
         return Ok(());

@@ -4,7 +4,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 
-pub fn run(cfgpath: Option<&Path>, color: bool) -> anyhow::Result<()> {
+pub(super) fn run(cfgpath: Option<&Path>, color: bool) -> anyhow::Result<()> {
     // Configuration errors are reported before anything else starts, so a misconfigured pod
     // fails in milliseconds with the one line that names the setting.
     let (settings, warnings) = Settings::load_for_start(cfgpath)?;

@@ -1,4 +1,4 @@
-pub fn run() -> anyhow::Result<()> {
+pub(super) fn run() -> anyhow::Result<()> {
     println!("{}", crate::version::long());
     Ok(())
 }

@@ -354,7 +354,7 @@ pub const NOT_YET_USED: &[&str] = &[
 ];
 
 /// Whether a raw scalar is well formed for `kind`.
-pub fn check_kind(kind: Kind, raw: &str) -> Result<(), String> {
+pub(super) fn check_kind(kind: Kind, raw: &str) -> Result<(), String> {
     use super::value;
     match kind {
         Kind::Str | Kind::Secret | Kind::List => Ok(()),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// Go's `strconv.ParseBool` forms, in any case (Viper lower-cases nothing, but users write
 /// `TRUE` and `True` in manifests, and the Go agent accepts them).
-pub fn parse_bool(raw: &str) -> Result<bool, String> {
+pub(super) fn parse_bool(raw: &str) -> Result<bool, String> {
     match raw.trim().to_ascii_lowercase().as_str() {
         "1" | "t" | "true" => Ok(true),
         "0" | "f" | "false" => Ok(false),
@@ -12,7 +12,7 @@ pub fn parse_bool(raw: &str) -> Result<bool, String> {
     }
 }
 
-pub fn parse_port(raw: &str) -> Result<u16, String> {
+pub(super) fn parse_port(raw: &str) -> Result<u16, String> {
     match raw.trim().parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
         Ok(p) => Err(format!("{p} is out of range (1 to 65535)")),
@@ -20,14 +20,14 @@ pub fn parse_port(raw: &str) -> Result<u16, String> {
     }
 }
 
-pub fn parse_optional_port(raw: &str) -> Result<u16, String> {
+pub(super) fn parse_optional_port(raw: &str) -> Result<u16, String> {
     match raw.trim() {
         "0" => Ok(0),
         other => parse_port(other).map_err(|e| format!("{e}, or 0 to disable")),
     }
 }
 
-pub fn parse_count(raw: &str) -> Result<u64, String> {
+pub(super) fn parse_count(raw: &str) -> Result<u64, String> {
     match raw.trim().parse::<u64>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("{raw:?} is not a positive whole number")),
@@ -42,7 +42,7 @@ const MAX_DURATION: Duration = Duration::new(MAX_DURATION_SECS, 854_775_807);
 
 /// Integer seconds, as the Go agent's settings are documented, or a Go duration string
 /// (`1h2m3.5s`, `500ms`), which users also write.
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(raw: &str) -> Result<Duration, String> {
     let s = raw.trim();
     let bad = || {
         format!("{raw:?} is not a duration (seconds such as 30, or a form such as 30s, 5m, 1h30m)")
@@ -96,7 +96,7 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 
 /// The environment form of a list: Viper splits on white space; commas are accepted too
 /// because Helm values are often written that way.
-pub fn parse_env_list(raw: &str) -> Vec<String> {
+pub(super) fn parse_env_list(raw: &str) -> Vec<String> {
     raw.split(|c: char| c.is_whitespace() || c == ',')
         .filter(|s| !s.is_empty())
         .map(str::to_owned)

@@ -27,13 +27,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Delay after the first failure.
-pub const INITIAL_BACKOFF: Duration = Duration::from_secs(30);
+pub(crate) const INITIAL_BACKOFF: Duration = Duration::from_secs(30);
 /// Longest delay.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(30 * 60);
 
 /// Delay after `consecutive_failures` failures: 0 → none, 1 → 30 s, 2 → 60 s, …, capped at
 /// 30 min.
-pub fn backoff_delay(consecutive_failures: u32) -> Duration {
+pub(crate) fn backoff_delay(consecutive_failures: u32) -> Duration {
     if consecutive_failures == 0 {
         return Duration::ZERO;
     }
@@ -46,7 +46,7 @@ pub fn backoff_delay(consecutive_failures: u32) -> Duration {
 
 /// The backoff of one query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackoffEntry {
+pub(crate) struct BackoffEntry {
     /// Consecutive failures so far.
     pub failures: u32,
     /// Unix seconds before which the query is not sent.
@@ -55,23 +55,24 @@ pub struct BackoffEntry {
 
 /// Backoff state of every failing query.
 #[derive(Debug, Clone, Default)]
-pub struct Backoffs {
+pub(crate) struct Backoffs {
     entries: HashMap<String, BackoffEntry>,
 }
 
 impl Backoffs {
     /// `true` if `query` must not be sent at `now`.
-    pub fn is_backing_off(&self, query: &str, now: i64) -> bool {
+    pub(crate) fn is_backing_off(&self, query: &str, now: i64) -> bool {
         self.entries.get(query).is_some_and(|e| now < e.retry_at)
     }
 
+    #[cfg(test)]
     /// The backoff of `query`, if it failed last time.
-    pub fn get(&self, query: &str) -> Option<BackoffEntry> {
+    pub(crate) fn get(&self, query: &str) -> Option<BackoffEntry> {
         self.entries.get(query).copied()
     }
 
     /// Records a failure at `now`; returns the delay before the next attempt.
-    pub fn record_failure(&mut self, query: &str, now: i64) -> Duration {
+    pub(crate) fn record_failure(&mut self, query: &str, now: i64) -> Duration {
         let entry = self
             .entries
             .entry(query.to_owned())
@@ -87,28 +88,30 @@ impl Backoffs {
     }
 
     /// Records a success: the query leaves backoff. Returns `true` if it was in it.
-    pub fn record_success(&mut self, query: &str) -> bool {
+    pub(crate) fn record_success(&mut self, query: &str) -> bool {
         self.entries.remove(query).is_some()
     }
 
+    #[cfg(test)]
     /// Queries with a backoff entry (due or not).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[cfg(test)]
     /// `true` if no query has a backoff entry.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Queries not sent at `now`.
-    pub fn backing_off_count(&self, now: i64) -> usize {
+    pub(crate) fn backing_off_count(&self, now: i64) -> usize {
         self.entries.values().filter(|e| now < e.retry_at).count()
     }
 
     /// Keeps only the entries for which `keep(query)` is true (to forget queries nobody asks
     /// for any more).
-    pub fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&str) -> bool) {
         self.entries.retain(|q, _| keep(q));
     }
 }

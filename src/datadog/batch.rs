@@ -16,13 +16,11 @@
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 /// Upper bound of `external_metrics_provider.chunk_size` (and its default).
-pub const MAX_CHUNK_SIZE: usize = 35;
-/// Default `external_metrics_provider.chunk_size`.
-pub const DEFAULT_CHUNK_SIZE: usize = MAX_CHUNK_SIZE;
+pub(crate) const MAX_CHUNK_SIZE: usize = 35;
 /// A chunk of several queries must cost strictly less than this.
-pub const MAX_CHARACTERS_PER_CHUNK: usize = 7000;
+pub(crate) const MAX_CHARACTERS_PER_CHUNK: usize = 7000;
 /// Characters added to each query's escaped length (comma, time and space aggregators).
-pub const EXTRA_QUERY_CHARACTERS: usize = 16;
+pub(crate) const EXTRA_QUERY_CHARACTERS: usize = 16;
 
 /// Bytes that Go's `url.QueryEscape` leaves as they are: ASCII letters, digits, `-_.~`.
 /// (The space becomes `+`, handled separately.)
@@ -32,22 +30,9 @@ const QUERY_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-/// Clamps a configured `external_metrics_provider.chunk_size` the way the Go config
-/// sanitizer does: `<= 0` → 1, `> 35` → 35.
-pub fn clamp_chunk_size(configured: i64) -> usize {
-    if configured <= 0 {
-        1
-    } else if configured >= MAX_CHUNK_SIZE as i64 {
-        MAX_CHUNK_SIZE
-    } else {
-        // In 1..35, so the conversion cannot fail.
-        usize::try_from(configured).unwrap_or(MAX_CHUNK_SIZE)
-    }
-}
-
 /// Go `url.QueryEscape`: space → `+`; ASCII letters, digits and `-_.~` unchanged;
 /// every other byte → `%XX` (upper-case hex).
-pub fn query_escape(s: &str) -> String {
+pub(crate) fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for (i, part) in s.split(' ').enumerate() {
         if i > 0 {
@@ -59,7 +44,7 @@ pub fn query_escape(s: &str) -> String {
 }
 
 /// Length of [`query_escape`]`(s)` without building it.
-pub fn query_escaped_len(s: &str) -> usize {
+pub(crate) fn query_escaped_len(s: &str) -> usize {
     s.bytes()
         .map(|b| {
             if b == b' ' || b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
@@ -73,13 +58,13 @@ pub fn query_escaped_len(s: &str) -> usize {
 
 /// What one query counts against [`MAX_CHARACTERS_PER_CHUNK`]:
 /// `len(url.QueryEscape(q)) + 16`.
-pub fn query_cost(query: &str) -> usize {
+pub(crate) fn query_cost(query: &str) -> usize {
     query_escaped_len(query) + EXTRA_QUERY_CHARACTERS
 }
 
 /// One `/api/v1/query` call's worth of queries.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Chunk {
+pub(crate) struct Chunk {
     /// The queries, in input order. Never empty in chunks returned by [`make_chunks`].
     pub queries: Vec<String>,
     /// Sum of [`query_cost`] over `queries`.
@@ -88,24 +73,26 @@ pub struct Chunk {
 
 impl Chunk {
     /// Number of queries.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.queries.len()
     }
 
     /// `true` if the chunk holds no query.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.queries.is_empty()
     }
 
+    #[cfg(test)]
     /// `true` for a single query that alone reaches [`MAX_CHARACTERS_PER_CHUNK`]
     /// (the Go DCA would drop it with "Query is too long, could yield a server side
     /// error. Dropping"; here it is sent alone, and may fail server-side with a 414).
-    pub fn is_oversize(&self) -> bool {
+    pub(crate) fn is_oversize(&self) -> bool {
         self.queries.len() == 1 && self.cost >= MAX_CHARACTERS_PER_CHUNK
     }
 
+    #[cfg(test)]
     /// The `query` parameter value: the queries joined with `,` (not yet URL-escaped).
-    pub fn joined(&self) -> String {
+    pub(crate) fn joined(&self) -> String {
         self.queries.join(",")
     }
 
@@ -117,7 +104,7 @@ impl Chunk {
 
 /// Splits `queries` into chunks (see the module docs for the exact rule). Order is kept:
 /// concatenating the chunks gives back `queries`. `chunk_size` is clamped to 1..=35.
-pub fn make_chunks<S: AsRef<str>>(queries: &[S], chunk_size: usize) -> Vec<Chunk> {
+pub(crate) fn make_chunks<S: AsRef<str>>(queries: &[S], chunk_size: usize) -> Vec<Chunk> {
     let limit = chunk_size.clamp(1, MAX_CHUNK_SIZE);
     let mut chunks = Vec::new();
     let mut current = Chunk::default();
@@ -192,25 +179,6 @@ mod tests {
         assert_eq!(query_cost("abc"), 19);
         // avg%3Afoo-1%7Bfoo%3Abar%7D.rollup%2830%29 = 41 chars
         assert_eq!(query_cost("avg:foo-1{foo:bar}.rollup(30)"), 41 + 16);
-    }
-
-    #[test]
-    fn clamp_chunk_size_vectors() {
-        let cases: &[(i64, usize)] = &[
-            (i64::MIN, 1),
-            (-5, 1),
-            (0, 1),
-            (1, 1),
-            (10, 10),
-            (34, 34),
-            (35, 35),
-            (36, 35),
-            (1000, 35),
-            (i64::MAX, 35),
-        ];
-        for (input, want) in cases {
-            assert_eq!(clamp_chunk_size(*input), *want, "{input}");
-        }
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! The Datadog API: query building, batching and response evaluation (pure), the rate-limit
 //! budget and per-query backoff (pure), the HTTP client, and the resolver that ties them.
 
-pub mod backoff;
-pub mod batch;
+pub(crate) mod backoff;
+pub(crate) mod batch;
 pub mod client;
 pub mod query;
-pub mod ratelimit;
+pub(crate) mod ratelimit;
 pub mod resolver;
 pub mod response;
 

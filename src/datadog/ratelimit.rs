@@ -26,24 +26,24 @@ use std::time::{Duration, Instant};
 use http::HeaderMap;
 
 /// Calls of a window that are never spent, so that `Remaining` does not reach 0 before `Reset`.
-pub const FLOOR: u64 = 1;
+pub(crate) const FLOOR: u64 = 1;
 /// Calls kept, above [`FLOOR`], for chunks holding a query that was never answered.
-pub const NEW_QUERY_RESERVE: u64 = 1;
+pub(crate) const NEW_QUERY_RESERVE: u64 = 1;
 /// How long to stop calling after a 429 that carries no usable `X-RateLimit-Reset`.
-pub const DEFAULT_PAUSE_AFTER_429: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_PAUSE_AFTER_429: Duration = Duration::from_secs(60);
 /// Two observations whose computed window ends are this close belong to the same window:
 /// `Reset` is whole seconds and responses take time to arrive.
 const SAME_WINDOW_TOLERANCE: Duration = Duration::from_secs(2);
 /// The longest `X-RateLimit-Reset` believed. Datadog's windows last an hour; a longer one is a
 /// broken header, and trusting it would stop queries for that long (or, near `u64::MAX`,
 /// overflow the clock and panic), so it is treated as absent.
-pub const MAX_RESET: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_RESET: Duration = Duration::from_secs(24 * 3600);
 
 /// Header names, lower-case as `http` stores them.
-pub const HEADER_LIMIT: &str = "x-ratelimit-limit";
-pub const HEADER_REMAINING: &str = "x-ratelimit-remaining";
-pub const HEADER_RESET: &str = "x-ratelimit-reset";
-pub const HEADER_PERIOD: &str = "x-ratelimit-period";
+pub(crate) const HEADER_LIMIT: &str = "x-ratelimit-limit";
+pub(crate) const HEADER_REMAINING: &str = "x-ratelimit-remaining";
+pub(crate) const HEADER_RESET: &str = "x-ratelimit-reset";
+pub(crate) const HEADER_PERIOD: &str = "x-ratelimit-period";
 
 /// The `X-RateLimit-*` headers of one response; a header that is absent or not a non-negative
 /// integer is `None`.
@@ -80,7 +80,7 @@ impl RateLimitHeaders {
 
 /// How urgently a chunk needs to run: derived from the queries it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Staleness {
+pub(crate) enum Staleness {
     /// Seconds since Datadog last answered the chunk's least recently answered query.
     Age(u64),
     /// The chunk holds a query Datadog never answered (typically a new HPA). Most urgent.
@@ -89,7 +89,7 @@ pub enum Staleness {
 
 /// Why chunks were deferred.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeferReason {
+pub(crate) enum DeferReason {
     /// Datadog answered 429; nothing is sent until the window resets.
     Paused { retry_after: Duration },
     /// The known budget does not allow every chunk now.
@@ -106,8 +106,9 @@ pub enum DeferReason {
 }
 
 impl DeferReason {
+    #[cfg(test)]
     /// When calling again makes sense.
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         match self {
             DeferReason::Paused { retry_after } => *retry_after,
             DeferReason::Budget { reset_in, .. } => *reset_in,
@@ -117,7 +118,7 @@ impl DeferReason {
 
 /// Which chunks to run now and which to defer, by index into the planned slice.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct BudgetPlan {
+pub(crate) struct BudgetPlan {
     /// Chunks to run, most urgent first.
     pub run: Vec<usize>,
     /// Chunks to leave for a later refresh, in index order.
@@ -128,7 +129,7 @@ pub struct BudgetPlan {
 
 /// The budget as last observed, for telemetry and status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BudgetView {
+pub(crate) struct BudgetView {
     pub limit: Option<u64>,
     pub remaining: u64,
     /// Seconds until the window resets (0 once it has).
@@ -146,7 +147,7 @@ struct Window {
 
 /// The rate-limit state of one Datadog organisation (one API/app key pair).
 #[derive(Debug, Clone, Default)]
-pub struct RateBudget {
+pub(crate) struct RateBudget {
     window: Option<Window>,
     paused_until: Option<Instant>,
 }
@@ -166,7 +167,7 @@ impl RateBudget {
     /// Chunks run concurrently, so answers of one window arrive out of order: within a window
     /// the lowest `Remaining` wins. An answer from an older window (its end is earlier than the
     /// one we know) is ignored; one from a later window replaces it.
-    pub fn observe(&mut self, headers: &RateLimitHeaders, at: Instant) {
+    pub(crate) fn observe(&mut self, headers: &RateLimitHeaders, at: Instant) {
         let (Some(remaining), Some(reset)) =
             (headers.remaining, headers.reset_secs.and_then(usable_reset))
         else {
@@ -198,7 +199,7 @@ impl RateBudget {
     }
 
     /// Records a 429 received at `at`: no call until its window resets.
-    pub fn observe_rate_limited(&mut self, headers: Option<&RateLimitHeaders>, at: Instant) {
+    pub(crate) fn observe_rate_limited(&mut self, headers: Option<&RateLimitHeaders>, at: Instant) {
         let pause = match headers.and_then(|h| h.reset_secs).and_then(usable_reset) {
             // A `Reset: 0` still means "now is too early": wait at least a second.
             Some(reset) => reset.max(Duration::from_secs(1)),
@@ -218,14 +219,14 @@ impl RateBudget {
     }
 
     /// Time left before calls may resume after a 429, if still paused at `now`.
-    pub fn paused_for(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn paused_for(&self, now: Instant) -> Option<Duration> {
         self.paused_until
             .filter(|until| *until > now)
             .map(|until| until - now)
     }
 
     /// The budget as last observed, if a window is known.
-    pub fn view(&self, now: Instant) -> Option<BudgetView> {
+    pub(crate) fn view(&self, now: Instant) -> Option<BudgetView> {
         self.window.map(|w| BudgetView {
             limit: w.limit,
             remaining: w.remaining,
@@ -235,7 +236,7 @@ impl RateBudget {
     }
 
     /// How long until a deferred or refused call is worth trying again (zero if now).
-    pub fn retry_after(&self, now: Instant) -> Duration {
+    pub(crate) fn retry_after(&self, now: Instant) -> Duration {
         if let Some(paused) = self.paused_for(now) {
             return paused;
         }
@@ -246,7 +247,12 @@ impl RateBudget {
 
     /// Decides which of `chunks` run now (see the module docs). `refresh_period` is how often
     /// the caller plans, used to pace the budget over the rest of the window.
-    pub fn plan(&self, now: Instant, chunks: &[Staleness], refresh_period: Duration) -> BudgetPlan {
+    pub(crate) fn plan(
+        &self,
+        now: Instant,
+        chunks: &[Staleness],
+        refresh_period: Duration,
+    ) -> BudgetPlan {
         let all: Vec<usize> = (0..chunks.len()).collect();
         if let Some(retry_after) = self.paused_for(now) {
             return BudgetPlan {

@@ -12,13 +12,13 @@
 //! come from (that is `autoscaling`, which implements the seam).
 
 pub mod api;
-pub mod discovery;
+pub(crate) mod discovery;
 #[cfg(any(test, feature = "test-util"))]
 pub mod memory;
-pub mod openapi;
+pub(crate) mod openapi;
 pub mod routes;
 pub mod server;
-pub mod service;
+pub(crate) mod service;
 pub mod types;
 
 pub use service::{ExternalMetricsService, ServiceParts};

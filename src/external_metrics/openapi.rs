@@ -18,8 +18,8 @@ const TIME_MODEL: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.Time";
 /// The metric path as OpenAPI templates it.
 const METRIC_PATH: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}";
 /// The key of our document in the v3 index, and the path it is served at.
-pub const V3_GROUP_VERSION_KEY: &str = "apis/external.metrics.k8s.io/v1beta1";
-pub const V3_GROUP_VERSION_PATH: &str = "/openapi/v3/apis/external.metrics.k8s.io/v1beta1";
+pub(crate) const V3_GROUP_VERSION_KEY: &str = "apis/external.metrics.k8s.io/v1beta1";
+pub(crate) const V3_GROUP_VERSION_PATH: &str = "/openapi/v3/apis/external.metrics.k8s.io/v1beta1";
 
 /// The schemas, with references rooted at `prefix` (`#/definitions/` in v2,
 /// `#/components/schemas/` in v3).
@@ -134,7 +134,7 @@ fn error_responses() -> serde_json::Map<String, Value> {
 }
 
 /// The Swagger 2.0 document served at `/openapi/v2`.
-pub fn v2_json() -> Vec<u8> {
+pub(crate) fn v2_json() -> Vec<u8> {
     let mut responses = error_responses();
     responses.insert(
         "200".into(),
@@ -170,7 +170,7 @@ pub fn v2_json() -> Vec<u8> {
 }
 
 /// The OpenAPI 3.0 document for the group-version.
-pub fn v3_group_version_json() -> Vec<u8> {
+pub(crate) fn v3_group_version_json() -> Vec<u8> {
     let mut responses = error_responses();
     responses.insert(
         "200".into(),
@@ -263,7 +263,7 @@ fn to_vec(doc: &Value) -> Vec<u8> {
 }
 
 /// The three documents, serialised and hashed once.
-pub fn docs() -> OpenApiDocs {
+pub(crate) fn docs() -> OpenApiDocs {
     OpenApiDocs::build(
         v2_json(),
         v3_group_version_json(),

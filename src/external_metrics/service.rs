@@ -282,7 +282,7 @@ fn log_request(parts: &Parts, response: &Response<Body>) {
 
 /// The SubjectAccessReview attributes, as Go's RequestInfo derives them (contract §2.3).
 /// Borrowed from the route and constants: nothing is copied for a request.
-pub fn request_attributes<'a>(
+pub(crate) fn request_attributes<'a>(
     route: &'a Route<'_>,
     method: &Method,
     raw_path: &'a str,

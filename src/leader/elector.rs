@@ -160,7 +160,7 @@ pub(crate) struct Elector<L> {
 }
 
 impl<L: Lock> Elector<L> {
-    pub fn new(
+    pub(super) fn new(
         lock: L,
         identity: String,
         timing: Timing,
@@ -188,7 +188,7 @@ impl<L: Lock> Elector<L> {
     /// Runs until `shutdown` is cancelled. Only returns `Ok`: API failures are retried
     /// forever (and shown in the status), as a replica that cannot reach the apiserver
     /// still serves what it has.
-    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), LeaderError> {
+    pub(super) async fn run(mut self, shutdown: CancellationToken) -> Result<(), LeaderError> {
         info!(
             lock = %self.describe,
             lease = ?self.timing.lease,

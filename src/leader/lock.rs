@@ -103,7 +103,7 @@ pub(crate) struct ConfigMapLock {
 }
 
 impl ConfigMapLock {
-    pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
+    pub(super) fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
         ConfigMapLock {
             api: Api::namespaced(client, namespace),
             name: name.to_owned(),
@@ -214,7 +214,7 @@ pub(crate) struct LeaseLock {
 }
 
 impl LeaseLock {
-    pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
+    pub(super) fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
         LeaseLock {
             api: Api::namespaced(client.clone(), namespace),
             config_maps: Api::namespaced(client, namespace),

@@ -14,8 +14,8 @@
 pub mod config;
 pub mod readiness;
 pub mod requestheader;
-pub mod sar;
-pub mod tokenreview;
+pub(crate) mod sar;
+pub(crate) mod tokenreview;
 pub mod watcher;
 
 use std::fmt::Debug;

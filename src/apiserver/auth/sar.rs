@@ -20,9 +20,9 @@ use crate::apiserver::auth::readiness::{ReadinessTracker, ReviewApi};
 use crate::apiserver::seams::{Answer, Authorizer, Decision, RequestAttributes, UserInfo};
 
 /// Members are allowed everything without a review.
-pub const PRIVILEGED_GROUP: &str = "system:masters";
+pub(crate) const PRIVILEGED_GROUP: &str = "system:masters";
 /// Non-resource paths allowed to everyone without a review.
-pub const ALWAYS_ALLOW_PATHS: &[&str] = &["/healthz", "/readyz", "/livez"];
+pub(crate) const ALWAYS_ALLOW_PATHS: &[&str] = &["/healthz", "/readyz", "/livez"];
 
 /// What a SubjectAccessReview concluded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,7 @@ fn non_empty(value: &str) -> Option<String> {
 /// The SubjectAccessReview for one request: the full identity (user, UID, groups, extra)
 /// and either resource or non-resource attributes. Empty strings are left out, as Go's
 /// `omitempty` does (the core group and cluster scope are "").
-pub fn subject_access_review(
+pub(crate) fn subject_access_review(
     user: &UserInfo,
     attributes: &RequestAttributes<'_>,
 ) -> SubjectAccessReview {
@@ -92,7 +92,7 @@ pub fn subject_access_review(
 }
 
 /// Reads the API server's answer.
-pub fn verdict(review: &SubjectAccessReview) -> Result<Verdict, ReviewError> {
+pub(crate) fn verdict(review: &SubjectAccessReview) -> Result<Verdict, ReviewError> {
     let status = review.status.as_ref().ok_or(ReviewError::NoStatus {
         api: ReviewApi::SubjectAccessReview,
     })?;

@@ -36,7 +36,7 @@ pub trait TokenReviewer: Send + Sync + 'static {
 
 /// The TokenReview to create for `token`. No audiences: the API server's own apply, as
 /// kube's delegating authenticator does when none are configured.
-pub fn token_review(token: &str) -> TokenReview {
+pub(crate) fn token_review(token: &str) -> TokenReview {
     TokenReview {
         spec: TokenReviewSpec {
             token: Some(token.to_owned()),
@@ -47,7 +47,7 @@ pub fn token_review(token: &str) -> TokenReview {
 }
 
 /// Reads the API server's answer.
-pub fn outcome(review: &TokenReview) -> Result<TokenOutcome, ReviewError> {
+pub(crate) fn outcome(review: &TokenReview) -> Result<TokenOutcome, ReviewError> {
     let status = review.status.as_ref().ok_or(ReviewError::NoStatus {
         api: ReviewApi::TokenReview,
     })?;

@@ -5,9 +5,10 @@ use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
 
-/// A shared error. It displays as its whole chain on one line (each cause not already
-/// written by the one before), and is the source of the error holding it, so the chain
-/// stays walkable. Two causes are equal when they read the same.
+/// A shared error. It displays as the error it holds (as `error.to_string()` did where a
+/// cause used to be flattened), and is the source of the error holding it, so the rest of
+/// the chain stays walkable ([`chain_line`], [`Cause::chain`]). Two causes are equal when
+/// they read the same.
 #[derive(Clone)]
 pub struct Cause(Arc<dyn Error + Send + Sync + 'static>);
 
@@ -22,9 +23,17 @@ impl Cause {
     }
 }
 
+impl Cause {
+    /// The held error and its sources on one line: for errors whose own message says
+    /// little ("error sending request"), where the words that matter are below.
+    pub fn chain(&self) -> String {
+        chain_line(&*self.0)
+    }
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&chain_line(&*self.0))
+        fmt::Display::fmt(&*self.0, f)
     }
 }
 
@@ -103,8 +112,10 @@ mod tests {
         ];
         for (error, want) in cases {
             assert_eq!(chain_line(&error), want);
-            assert_eq!(Cause::new(error).to_string(), want);
+            assert_eq!(Cause::new(error).chain(), want);
         }
+        // Displayed alone, a cause reads as the error it holds.
+        assert_eq!(Cause::new(Outer::Quiet(io("refused"))).to_string(), "outer");
         assert_eq!(Cause::msg("just words").to_string(), "just words");
     }
 

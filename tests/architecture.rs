@@ -65,10 +65,13 @@ fn production_code(source: &str) -> String {
     let mut lines = source.lines().peekable();
     while let Some(line) = lines.next() {
         let trimmed = line.trim_start();
+        // An inline test module (`mod tests {`); a declared one (`mod tests;`) is a file of
+        // its own, skipped by name, and the code after it is still read.
         if trimmed.starts_with("#[cfg(test)]")
-            && lines
-                .peek()
-                .is_some_and(|next| next.trim_start().starts_with("mod "))
+            && lines.peek().is_some_and(|next| {
+                let next = next.trim();
+                next.starts_with("mod ") && next.ends_with('{')
+            })
         {
             break;
         }
@@ -158,7 +161,8 @@ fn referenced_paths(code: &str) -> Vec<String> {
             from = i + start.len();
             let boundary =
                 i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-            if !boundary || code[..i].ends_with("::") {
+            // `pub(in crate::x)` restricts visibility; it uses nothing.
+            if !boundary || code[..i].ends_with("::") || code[..i].ends_with("pub(in ") {
                 continue;
             }
             let len = code[i..]
@@ -184,7 +188,8 @@ fn find_use(code: &str) -> Option<usize> {
         let before_ok = i == 0 || matches!(bytes[i - 1], b'\n' | b' ' | b'\t' | b')' | b'{' | b';');
         let line_start = code[..i].rfind('\n').map_or(0, |n| n + 1);
         let lead = code[line_start..i].trim();
-        let lead_ok = lead.is_empty() || lead.starts_with("pub");
+        // Visibility or attributes may stand before `use` on its line.
+        let lead_ok = lead.is_empty() || lead.starts_with("pub") || lead.starts_with("#[");
         if before_ok && lead_ok {
             return Some(i);
         }
@@ -438,6 +443,14 @@ fn a_lower_layer_using_a_higher_one_is_reported() {
             "use crate::{\n    high::{\n        Thing,\n    },\n};\n",
             true,
         ),
+        ("low/a.rs", "#[cfg(unix)] use crate::{high::Thing};\n", true),
+        // Code after a declared (not inline) test module is still read.
+        (
+            "low/a.rs",
+            "#[cfg(test)]\nmod tests;\nuse crate::high::Thing;\n",
+            true,
+        ),
+        ("low/a.rs", "pub(in crate::low) fn f() {}\n", false),
         // Comments, docs and test modules are not code.
         ("low/a.rs", "//! Built on [`crate::high`].\n", false),
         ("low/a.rs", "fn f() {} // crate::high::run()\n", false),

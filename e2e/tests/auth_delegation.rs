@@ -104,7 +104,7 @@ impl Harness {
                 HeaderValue::from_str(value).expect("header value"),
             );
         }
-        self.auth.authenticate(peer, &map).await
+        self.auth.authenticate(peer, &map).wait().await
     }
 
     async fn wait_ready(&self) -> Result<()> {
@@ -396,7 +396,7 @@ async fn delegated_auth_against_a_real_api_server() {
             AuthOptions::default(),
         );
         Ok(
-            match fresh.authorize(&alice, &metric("queue_depth")).await {
+            match fresh.authorize(&alice, &metric("queue_depth")).wait().await {
                 Decision::Allow => Some(()),
                 _ => None,
             },
@@ -405,12 +405,15 @@ async fn delegated_auth_against_a_real_api_server() {
     .await;
     allowed.unwrap();
     assert_eq!(
-        h.auth.authorize(&alice, &metric("queue_depth")).await,
+        h.auth
+            .authorize(&alice, &metric("queue_depth"))
+            .wait()
+            .await,
         Decision::Allow
     );
     // The HPA controller's identity from the headers above is allowed by the harness's binding.
     assert_eq!(
-        h.auth.authorize(&hpa, &metric("queue_depth")).await,
+        h.auth.authorize(&hpa, &metric("queue_depth")).wait().await,
         Decision::Allow
     );
 
@@ -419,7 +422,7 @@ async fn delegated_auth_against_a_real_api_server() {
     for _ in 0..3 {
         assert!(
             matches!(
-                h.auth.authorize(&bob, &metric("queue_depth")).await,
+                h.auth.authorize(&bob, &metric("queue_depth")).wait().await,
                 Decision::Deny(_)
             ),
             "bob is not bound"
@@ -444,12 +447,15 @@ async fn delegated_auth_against_a_real_api_server() {
         },
     );
     eventually("bob allowed once bound", GENEROUS, || async {
-        Ok((fresh.authorize(&bob, &metric("queue_depth")).await == Decision::Allow).then_some(()))
+        Ok(
+            (fresh.authorize(&bob, &metric("queue_depth")).wait().await == Decision::Allow)
+                .then_some(()),
+        )
     })
     .await
     .unwrap();
     assert!(matches!(
-        h.auth.authorize(&bob, &metric("queue_depth")).await,
+        h.auth.authorize(&bob, &metric("queue_depth")).wait().await,
         Decision::Deny(_)
     ));
     assert_eq!(h.auth.stats().subject_access_reviews, before + 1);
@@ -458,7 +464,7 @@ async fn delegated_auth_against_a_real_api_server() {
     let masters = user("someone", &["system:masters"]);
     let before = h.auth.stats().subject_access_reviews;
     assert_eq!(
-        h.auth.authorize(&masters, &metric("anything")).await,
+        h.auth.authorize(&masters, &metric("anything")).wait().await,
         Decision::Allow
     );
     assert_eq!(h.auth.stats().subject_access_reviews, before);
@@ -600,6 +606,7 @@ async fn missing_rbac_is_a_readiness_reason_until_fixed() {
     match h
         .auth
         .authorize(&user("alice", &["system:authenticated"]), &metric("m"))
+        .wait()
         .await
     {
         Decision::Error(message) => assert!(message.contains("forbidden"), "{message}"),

@@ -171,6 +171,7 @@ async fn get(
 ) -> Result<Vec<MetricValue>, MetricError> {
     let values = source
         .get(APPS, metric, &Selector::parse(selector).unwrap())
+        .wait()
         .await?;
     Ok(values.iter().map(|v| MetricValue::clone(v)).collect())
 }

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -39,6 +39,16 @@ impl<'a, T: 'a> Answer<'a, T> {
         })
     }
 
+    /// The answer as a future, starting deferred work: for a caller that can always wait.
+    /// A request attempt at [`Pace::Now`] must use [`settle`] instead, which never starts
+    /// anything (an attempt abandoned after starting work would have it done twice).
+    pub fn wait(self) -> AnswerFuture<'a, T> {
+        match self {
+            Answer::Ready(value) => AnswerFuture::Ready(Some(value)),
+            Answer::Later(deferred) => AnswerFuture::Started(deferred.start()),
+        }
+    }
+
     /// This answer with `f` applied to its value, ready or not.
     pub fn map<U: 'a>(self, f: impl FnOnce(T) -> U + Send + 'a) -> Answer<'a, U>
     where
@@ -68,20 +78,6 @@ impl<'a, T> Deferred<'a, T> {
 impl<T> std::fmt::Debug for Deferred<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Deferred")
-    }
-}
-
-/// `answer.await` starts a deferred answer, so a caller that can always wait needs nothing
-/// else.
-impl<'a, T: 'a> IntoFuture for Answer<'a, T> {
-    type Output = T;
-    type IntoFuture = AnswerFuture<'a, T>;
-
-    fn into_future(self) -> AnswerFuture<'a, T> {
-        match self {
-            Answer::Ready(value) => AnswerFuture::Ready(Some(value)),
-            Answer::Later(deferred) => AnswerFuture::Started(deferred.start()),
-        }
     }
 }
 

@@ -366,7 +366,9 @@ impl DatadogMetricSource {
         selector: &Selector,
         now: i64,
     ) -> Result<MetricValues, MetricError> {
-        self.answer_at(namespace, metric, selector, now).await
+        self.answer_at(namespace, metric, selector, now)
+            .wait()
+            .await
     }
 
     /// [`get_at`](Self::get_at), answered at once from the store when it holds the metric;

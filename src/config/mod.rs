@@ -580,14 +580,15 @@ impl Resolved {
             if !NOT_YET_USED.contains(&spec.key) || spec.key == "cluster_agent.auth_token" {
                 continue;
             }
-            let Some(Entry {
-                raw: Raw::Scalar(raw),
-                source,
-            }) = self.0.get(spec.key)
-            else {
+            let Some(Entry { raw, source }) = self.0.get(spec.key) else {
                 continue;
             };
-            if let Err(message) = spec::check_kind(spec.kind, raw.trim()) {
+            let checked = match raw {
+                Raw::Scalar(raw) => spec::check_kind(spec.kind, raw.trim()),
+                Raw::List(_) if spec.kind == Kind::List => Ok(()),
+                Raw::List(_) => Err("a list where one value is expected".to_owned()),
+            };
+            if let Err(message) = checked {
                 warnings.push(format!(
                     "ignoring the value of {} (from {source}): {message}; the setting is not \
                      used yet, so the default {:?} stands",

@@ -81,7 +81,7 @@ pub enum ClientError {
     #[error("cannot build the Datadog HTTP client: {0}")]
     Build(#[source] Cause),
     /// Connection, TLS, timeout or body read error, after retries.
-    #[error("request to Datadog failed: {0}")]
+    #[error("request to Datadog failed: {}", .0.chain())]
     Transport(#[source] Cause),
     /// 401/403: wrong application key, missing permission, or the wrong site.
     #[error("API error {status}: {body}")]

@@ -241,6 +241,7 @@ mod tests {
         let src: std::sync::Arc<dyn MetricSource> = std::sync::Arc::new(InMemorySource::new());
         let err = src
             .get("ns", "m", &Selector::everything())
+            .wait()
             .await
             .unwrap_err();
         assert!(matches!(err, MetricError::NotFound { .. }));

@@ -17,6 +17,12 @@ const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/servicea
 const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(8);
+/// One try of `GET /apis`: a server that accepts connections but never answers must not
+/// hold start-up past its patience.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of a refusal's message a start-up error quotes (kube puts a whole non-Status
+/// body, e.g. a web server's HTML page, there).
+const MAX_QUOTED: usize = 200;
 
 /// Each message names what was used (a file, a URL, and the setting or variable it came
 /// from) and what to check; the library's error follows as the source.
@@ -55,8 +61,24 @@ pub enum K8sError {
         origin: String,
         waited_secs: u64,
         #[source]
+        source: Cause,
+    },
+    #[error(
+        "cannot verify the TLS connection to the Kubernetes API server at {url} (from \
+         {origin}); check the certificate authority it names"
+    )]
+    Tls {
+        url: String,
+        origin: String,
+        #[source]
         source: kube::Error,
     },
+    /// The credentials plugin's own output is left out: it may hold a credential.
+    #[error(
+        "cannot get credentials for the Kubernetes API server at {url} (from {origin}); run \
+         its credentials plugin by hand to see why"
+    )]
+    Credentials { url: String, origin: String },
     #[error(
         "the Kubernetes API server at {url} (from {origin}) refused our credentials (HTTP \
          {code} to GET /apis); check the token or client certificate there"
@@ -159,16 +181,12 @@ async fn client_with_origin(
             let home = std::env::home_dir().map(|h| h.join(".kube").join("config"));
             match infer_source(std::env::var_os("KUBECONFIG"), home.as_deref()) {
                 Inferred::Env(value) => {
-                    let path = PathBuf::from(&value);
-                    let kubeconfig = Kubeconfig::from_env()
-                        .map_err(|source| K8sError::Kubeconfig {
-                            path: path.display().to_string(),
-                            origin: "KUBECONFIG",
-                            source,
-                        })?
-                        .unwrap_or_default();
+                    let (kubeconfig, path) = read_kubeconfig_list(&value)?;
                     let config = from_kubeconfig(kubeconfig, &options, &path, "KUBECONFIG").await?;
-                    (config, format!("KUBECONFIG={}", path.display()))
+                    (
+                        config,
+                        format!("KUBECONFIG={}", PathBuf::from(&value).display()),
+                    )
                 }
                 Inferred::Home(path) => {
                     let origin = "~/.kube/config";
@@ -202,6 +220,30 @@ async fn client_with_origin(
         source,
     })?;
     Ok((client, url, origin))
+}
+
+/// The files a KUBECONFIG list names, merged in order, skipping the missing ones as
+/// client-go does; an error when none exists. Also the first file read, for messages.
+fn read_kubeconfig_list(value: &OsString) -> Result<(Kubeconfig, PathBuf), K8sError> {
+    let listed: Vec<PathBuf> = std::env::split_paths(value)
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    let present: Vec<&PathBuf> = listed.iter().filter(|p| p.exists()).collect();
+    let Some(first) = present.first() else {
+        // Nothing to merge: report the first file as missing, in the reader's words.
+        let missing = listed.first().cloned().unwrap_or_default();
+        return read_kubeconfig(&missing, "KUBECONFIG").map(|k| (k, missing));
+    };
+    let mut merged = Kubeconfig::default();
+    for path in &present {
+        let next = read_kubeconfig(path, "KUBECONFIG")?;
+        merged = merged.merge(next).map_err(|source| K8sError::Kubeconfig {
+            path: path.display().to_string(),
+            origin: "KUBECONFIG",
+            source,
+        })?;
+    }
+    Ok((merged, (*first).clone()))
 }
 
 fn read_kubeconfig(path: &Path, origin: &'static str) -> Result<Kubeconfig, K8sError> {
@@ -282,8 +324,13 @@ enum DiscoveryFailure {
     Retry,
     /// 401 or 403.
     Unauthorized(u16),
-    /// Any other answer: not a Kubernetes API server, or not its address.
+    /// Any other answer (a 200 that is no APIGroupList counts as 200): not a Kubernetes
+    /// API server, or not its address.
     Unexpected(u16),
+    /// The TLS handshake failed on the certificate: retrying cannot help.
+    Tls,
+    /// The kubeconfig's credentials plugin failed.
+    Credentials,
 }
 
 fn classify(error: &kube::Error) -> DiscoveryFailure {
@@ -293,19 +340,48 @@ fn classify(error: &kube::Error) -> DiscoveryFailure {
             429 | 500..=599 => DiscoveryFailure::Retry,
             code => DiscoveryFailure::Unexpected(code),
         },
+        kube::Error::SerdeError(_) => DiscoveryFailure::Unexpected(200),
+        kube::Error::Auth(_) => DiscoveryFailure::Credentials,
+        other if caused_by_tls(other) => DiscoveryFailure::Tls,
         _ => DiscoveryFailure::Retry,
     }
 }
 
-/// The message of a refusal: the Status the server sent, or what kube made of a body that
-/// was none (e.g. a web server's 404 page).
-fn api_message(error: &kube::Error) -> Cause {
-    match error {
-        kube::Error::Api(status) if !status.message.is_empty() => {
-            Cause::msg(status.message.clone())
+/// Whether a rustls error is somewhere in the chain (a certificate the client refused).
+fn caused_by_tls(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<rustls::Error>() {
+            return true;
         }
-        _ => Cause::msg("the answer is not a Kubernetes Status"),
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        next = error.source();
     }
+    false
+}
+
+/// The message of a refusal, on one line and cut to [`MAX_QUOTED`] characters: the
+/// Status the server sent, or the body kube put in its place when there was none.
+fn api_message(error: &kube::Error) -> Cause {
+    let message = match error {
+        kube::Error::Api(status) => status.message.as_str(),
+        _ => "",
+    };
+    let mut line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.is_empty() {
+        return Cause::msg("no message");
+    }
+    if let Some((cut, _)) = line.char_indices().nth(MAX_QUOTED) {
+        line.truncate(cut);
+        line.push('…');
+    }
+    Cause::msg(line)
 }
 
 /// What `client`'s API server offers, asked once.
@@ -324,8 +400,11 @@ async fn discover_patiently(
     let start = tokio::time::Instant::now();
     let mut pause = FIRST_RETRY;
     loop {
-        let error = match client.list_api_groups().await {
-            Ok(groups) => {
+        let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, client.list_api_groups()).await;
+        let error = match attempt {
+            Err(_elapsed) => None,
+            Ok(Err(error)) => Some(error),
+            Ok(Ok(groups)) => {
                 let offered: Vec<String> = groups
                     .groups
                     .iter()
@@ -333,11 +412,15 @@ async fn discover_patiently(
                     .collect();
                 return Ok(capabilities_from(&offered));
             }
-            Err(error) => error,
         };
         let (url, origin) = (url.to_owned(), origin.to_owned());
-        match classify(&error) {
-            DiscoveryFailure::Unauthorized(code) => {
+        let failure = error.as_ref().map_or(DiscoveryFailure::Retry, classify);
+        let cause = match &error {
+            Some(error) => Cause::msg(crate::error::chain_line(error)),
+            None => Cause::msg(format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())),
+        };
+        match (failure, error) {
+            (DiscoveryFailure::Unauthorized(code), Some(error)) => {
                 return Err(K8sError::Unauthorized {
                     url,
                     origin,
@@ -345,7 +428,7 @@ async fn discover_patiently(
                     source: api_message(&error),
                 });
             }
-            DiscoveryFailure::Unexpected(code) => {
+            (DiscoveryFailure::Unexpected(code), Some(error)) => {
                 return Err(K8sError::NotAnApiServer {
                     url,
                     origin,
@@ -353,18 +436,28 @@ async fn discover_patiently(
                     source: api_message(&error),
                 });
             }
-            DiscoveryFailure::Retry if start.elapsed() + pause > patience => {
+            (DiscoveryFailure::Tls, Some(error)) => {
+                return Err(K8sError::Tls {
+                    url,
+                    origin,
+                    source: error,
+                });
+            }
+            (DiscoveryFailure::Credentials, _) => {
+                return Err(K8sError::Credentials { url, origin });
+            }
+            (_, _) if start.elapsed() + pause > patience => {
                 return Err(K8sError::Unreachable {
                     url,
                     origin,
                     waited_secs: start.elapsed().as_secs(),
-                    source: error,
+                    source: cause,
                 });
             }
-            DiscoveryFailure::Retry => {
+            (_, _) => {
                 tracing::warn!(
                     %url,
-                    error = %crate::error::chain_line(&error),
+                    error = %cause,
                     retry_in = ?pause,
                     "cannot reach the Kubernetes API server yet"
                 );
@@ -437,6 +530,31 @@ mod tests {
     }
 
     #[test]
+    fn a_kubeconfig_list_skips_missing_files_as_client_go_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::write(
+            &real,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+             https://10.0.0.1:6443\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\n\
+             current-context: c\nusers:\n- name: u\n  user: {}\n",
+        )
+        .unwrap();
+        let missing = dir.path().join("missing");
+        let list = std::env::join_paths([&missing, &real]).unwrap();
+        let (kubeconfig, first) = read_kubeconfig_list(&list).unwrap();
+        assert_eq!(first, real);
+        assert_eq!(kubeconfig.current_context.as_deref(), Some("c"));
+        let only_missing = std::env::join_paths([&missing]).unwrap();
+        let err = read_kubeconfig_list(&only_missing).unwrap_err();
+        let line = crate::error::chain_line(&err);
+        assert!(
+            line.contains(&missing.display().to_string()) && line.contains("KUBECONFIG"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn what_a_failed_discovery_means() {
         let api = |code: u16| {
             kube::Error::Api(Box::new(kube::core::Status {
@@ -455,6 +573,17 @@ mod tests {
             (
                 kube::Error::Service(Box::new(std::io::Error::other("refused"))),
                 DiscoveryFailure::Retry,
+            ),
+            (
+                kube::Error::Service(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+                ))),
+                DiscoveryFailure::Tls,
+            ),
+            (
+                kube::Error::SerdeError(serde_json::from_str::<u8>("<html>").unwrap_err()),
+                DiscoveryFailure::Unexpected(200),
             ),
         ];
         for (error, want) in cases {
@@ -534,6 +663,19 @@ mod tests {
             !line.contains("Status {") && !line.contains("ApiError"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_quoted_body_is_one_short_line() {
+        let page = format!("<html>\n<body>{}</body>\n</html>", "x".repeat(500));
+        let error = kube::Error::Api(Box::new(kube::core::Status {
+            code: 404,
+            message: page,
+            ..Default::default()
+        }));
+        let quoted = api_message(&error).to_string();
+        assert!(!quoted.contains('\n'), "{quoted}");
+        assert_eq!(quoted.chars().count(), MAX_QUOTED + 1, "{quoted}");
     }
 
     #[tokio::test]

@@ -503,7 +503,9 @@ mod tests {
     }
 
     async fn run(peer: &PeerIdentity, h: &[(&str, &str)], tokens: &Tokens) -> Authentication {
-        authenticate_request(peer, &headers(h), &kubeadm(), false, tokens).await
+        authenticate_request(peer, &headers(h), &kubeadm(), false, tokens)
+            .wait()
+            .await
     }
 
     fn groups(auth: &Authentication) -> Vec<String> {

@@ -568,7 +568,10 @@ mod tests {
         let (authz, asked) = authorizer(false, LONG, LONG);
         let owned = metric("m");
         assert!(matches!(authz.authorize(&hpa(), &owned), Answer::Later(_)));
-        assert_eq!(authz.authorize(&hpa(), &owned).await, Decision::Allow);
+        assert_eq!(
+            authz.authorize(&hpa(), &owned).wait().await,
+            Decision::Allow
+        );
 
         // The same question asked by another request, its attributes borrowed from it.
         let resource = String::from("m");
@@ -724,10 +727,9 @@ mod tests {
         let (authz, asked) = authorizer(false, LONG, LONG);
         let hpa = hpa();
         let attributes = metric("m");
-        let decisions = futures::future::join_all(
-            (0..10).map(|_| authz.authorize(&hpa, &attributes).into_future()),
-        )
-        .await;
+        let decisions =
+            futures::future::join_all((0..10).map(|_| authz.authorize(&hpa, &attributes).wait()))
+                .await;
         assert!(decisions.iter().all(|d| *d == Decision::Allow));
         assert_eq!(asked.lock().expect("lock").len(), 1);
     }

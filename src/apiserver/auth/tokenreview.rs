@@ -201,7 +201,7 @@ impl<R: TokenReviewer> TokenReviewer for CachedTokenReviewer<R> {
         }
         Answer::later(move || async move {
             self.cache
-                .try_get_with(key, self.inner.review(token).into_future())
+                .try_get_with(key, self.inner.review(token).wait())
                 .await
                 .map_err(|e| (*e).clone())
         })
@@ -363,11 +363,11 @@ mod tests {
         let (reviewer, calls) = cached(false, Duration::from_secs(600));
         for _ in 0..3 {
             assert!(matches!(
-                reviewer.review("good").await,
+                reviewer.review("good").wait().await,
                 Ok(TokenOutcome::Authenticated(_))
             ));
             assert!(matches!(
-                reviewer.review("bad").await,
+                reviewer.review("bad").wait().await,
                 Ok(TokenOutcome::Rejected(_))
             ));
         }
@@ -378,7 +378,7 @@ mod tests {
     async fn a_cached_outcome_is_answered_at_once() {
         let (reviewer, calls) = cached(false, Duration::from_secs(600));
         assert!(matches!(reviewer.review("good"), Answer::Later(_)));
-        assert!(reviewer.review("good").await.is_ok());
+        assert!(reviewer.review("good").wait().await.is_ok());
         assert!(matches!(
             reviewer.review("good"),
             Answer::Ready(Ok(TokenOutcome::Authenticated(_)))
@@ -392,7 +392,7 @@ mod tests {
     async fn concurrent_reviews_of_one_token_share_a_call() {
         let (reviewer, calls) = cached(false, Duration::from_secs(600));
         let results =
-            futures::future::join_all((0..8).map(|_| reviewer.review("good").into_future())).await;
+            futures::future::join_all((0..8).map(|_| reviewer.review("good").wait())).await;
         assert!(results.iter().all(Result::is_ok));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
@@ -400,15 +400,15 @@ mod tests {
     #[tokio::test]
     async fn errors_are_not_cached() {
         let (reviewer, calls) = cached(true, Duration::from_secs(600));
-        assert!(reviewer.review("good").await.is_err());
-        assert!(reviewer.review("good").await.is_err());
+        assert!(reviewer.review("good").wait().await.is_err());
+        assert!(reviewer.review("good").wait().await.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn entries_expire() {
         let (reviewer, calls) = cached(false, Duration::from_millis(50));
-        reviewer.review("good").await.expect("reviewed");
+        reviewer.review("good").wait().await.expect("reviewed");
         // Eventually (not at a fixed time) the entry is gone and the reviewer is asked again.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while calls.load(Ordering::SeqCst) < 2 {
@@ -417,7 +417,7 @@ mod tests {
                 "entry never expired"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
-            reviewer.review("good").await.expect("reviewed");
+            reviewer.review("good").wait().await.expect("reviewed");
         }
     }
 

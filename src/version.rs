@@ -1,9 +1,9 @@
 //! Build identity, stamped by build.rs.
 
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const COMMIT: &str = env!("DCA_BUILD_COMMIT");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const COMMIT: &str = env!("DCA_BUILD_COMMIT");
 pub const BUILD_DATE: &str = env!("DCA_BUILD_DATE");
-pub const RUSTC: &str = env!("DCA_BUILD_RUSTC");
+pub(crate) const RUSTC: &str = env!("DCA_BUILD_RUSTC");
 
 /// The numeric parts node agents compare (`Major`, `Minor`, `Patch`).
 pub fn parts() -> (u64, u64, u64) {

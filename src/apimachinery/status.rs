@@ -10,7 +10,7 @@ use crate::apimachinery::goquote::go_quote;
 /// A `metav1.Status` with `status: Failure`, ready to be written as the body of the HTTP
 /// response with the same code.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
+pub(crate) struct Status {
     pub code: StatusCode,
     /// `metav1.StatusReason`; empty is Go's `StatusReasonUnknown` and is omitted on the wire.
     pub reason: &'static str,
@@ -22,7 +22,7 @@ pub struct Status {
 
 /// `metav1.StatusDetails`; empty fields are omitted on the wire, as in Go.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct StatusDetails {
+pub(crate) struct StatusDetails {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -35,7 +35,7 @@ pub struct StatusDetails {
 
 /// `metav1.StatusCause`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct StatusCause {
+pub(crate) struct StatusCause {
     #[serde(skip_serializing_if = "str::is_empty")]
     pub reason: String,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -84,13 +84,13 @@ impl Status {
     }
 
     /// Go's `NewBadRequest`: used for selectors and query parameters that do not parse.
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Status::new(StatusCode::BAD_REQUEST, REASON_BAD_REQUEST, message)
     }
 
     /// What Go's authentication filter answers whatever the cause; the cause is only logged,
     /// so a caller probing credentials learns nothing from the body.
-    pub fn unauthorized() -> Self {
+    pub(crate) fn unauthorized() -> Self {
         Status::new(
             StatusCode::UNAUTHORIZED,
             REASON_UNAUTHORIZED,
@@ -99,7 +99,7 @@ impl Status {
     }
 
     /// Go's `responsewriters.Forbidden` for a non-resource request (a path).
-    pub fn forbidden_path(user: &str, verb: &str, path: &str, reason: &str) -> Self {
+    pub(crate) fn forbidden_path(user: &str, verb: &str, path: &str, reason: &str) -> Self {
         let message = format!(
             "forbidden: User {} cannot {verb} path {}",
             go_quote(user),
@@ -111,7 +111,7 @@ impl Status {
     /// Go's `responsewriters.Forbidden` for a resource request: `forbiddenMessage` wrapped by
     /// `NewForbidden` with the request's GroupResource and an empty name (a list has none).
     /// An empty `namespace` is the cluster scope.
-    pub fn forbidden_resource(
+    pub(crate) fn forbidden_resource(
         user: &str,
         verb: &str,
         group: &str,
@@ -155,7 +155,7 @@ impl Status {
     }
 
     /// Go's `NewNotFound`-style answer for a named object of a known kind.
-    pub fn not_found(message: impl Into<String>, details: StatusDetails) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>, details: StatusDetails) -> Self {
         Status {
             details: Some(details),
             ..Status::new(StatusCode::NOT_FOUND, REASON_NOT_FOUND, message)
@@ -164,7 +164,7 @@ impl Status {
 
     /// Go's answer for a path no handler serves (`NewGenericServerResponse(404, ...)` with an
     /// empty GroupResource).
-    pub fn path_not_found() -> Self {
+    pub(crate) fn path_not_found() -> Self {
         Status {
             details: Some(StatusDetails::default()),
             ..Status::new(
@@ -176,7 +176,7 @@ impl Status {
     }
 
     /// A method other than GET/HEAD on a path we serve.
-    pub fn method_not_allowed() -> Self {
+    pub(crate) fn method_not_allowed() -> Self {
         Status {
             details: Some(StatusDetails::default()),
             ..Status::new(
@@ -189,7 +189,7 @@ impl Status {
 
     /// Go's `NewMethodNotSupported(gr, action)`, which a list handler without a watcher
     /// returns for `watch=true`.
-    pub fn method_not_supported(group: &str, kind: &str, action: &str) -> Self {
+    pub(crate) fn method_not_supported(group: &str, kind: &str, action: &str) -> Self {
         Status {
             details: Some(StatusDetails {
                 group: group.to_owned(),
@@ -208,7 +208,7 @@ impl Status {
     }
 
     /// apimachinery's `NewNotAcceptableError` for the media types we can write.
-    pub fn not_acceptable(offered: &[&str]) -> Self {
+    pub(crate) fn not_acceptable(offered: &[&str]) -> Self {
         Status::new(
             StatusCode::NOT_ACCEPTABLE,
             REASON_NOT_ACCEPTABLE,
@@ -220,7 +220,7 @@ impl Status {
     }
 
     /// Go's `NewInternalError(err)`: the message is prefixed, the bare error is the cause.
-    pub fn internal(error: impl Into<String>) -> Self {
+    pub(crate) fn internal(error: impl Into<String>) -> Self {
         let error = error.into();
         Status {
             code: StatusCode::INTERNAL_SERVER_ERROR,
@@ -237,7 +237,7 @@ impl Status {
     }
 
     /// Go's `NewServiceUnavailable(reason)`.
-    pub fn service_unavailable(message: impl Into<String>) -> Self {
+    pub(crate) fn service_unavailable(message: impl Into<String>) -> Self {
         Status::new(
             StatusCode::SERVICE_UNAVAILABLE,
             REASON_SERVICE_UNAVAILABLE,
@@ -246,7 +246,7 @@ impl Status {
     }
 
     /// The JSON body.
-    pub fn to_json(&self) -> Vec<u8> {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
         let wire = Wire {
             kind: "Status",
             api_version: "v1",
@@ -268,7 +268,7 @@ impl Status {
         })
     }
 
-    pub fn to_bytes(&self) -> Bytes {
+    pub(crate) fn to_bytes(&self) -> Bytes {
         Bytes::from(self.to_json())
     }
 }

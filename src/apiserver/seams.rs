@@ -127,7 +127,7 @@ pub async fn settle<T>(answer: Answer<'_, T>, pace: Pace) -> Option<T> {
 ///
 /// An attempt at `Pace::Now` only awaits [`settle`], which never waits at that pace, so one
 /// poll completes it; were it ever pending, the answer is `None`, which is always right.
-pub fn attempt_now<R>(attempt: impl Future<Output = Option<R>>) -> Option<R> {
+pub(crate) fn attempt_now<R>(attempt: impl Future<Output = Option<R>>) -> Option<R> {
     let attempt = pin!(attempt);
     match attempt.poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(answer) => answer,

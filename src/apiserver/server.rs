@@ -21,7 +21,7 @@ use crate::tls::{
 /// How long in-flight requests get after shutdown starts. The aggregator retries elsewhere
 /// on a dropped connection, and the kubelet's grace period (30 s by default) must cover
 /// this plus everything else the process drains.
-pub const DRAIN_PERIOD: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_PERIOD: Duration = Duration::from_secs(10);
 
 /// File names inside a certificate folder, as a `kubernetes.io/tls` Secret projects them.
 pub const CERT_FILE: &str = "tls.crt";
@@ -118,13 +118,13 @@ pub trait Handler: Clone + Send + Sync + 'static {
 
 /// A [`Handler`] bound to one TLS connection: each request's client identity comes from the
 /// connection itself, so nothing is inserted into or looked up in the request.
-pub struct ConnectionService<H> {
+pub(crate) struct ConnectionService<H> {
     handler: H,
     connection: ConnectionInfo,
 }
 
 impl<H> ConnectionService<H> {
-    pub fn new(handler: H, connection: ConnectionInfo) -> Self {
+    pub(crate) fn new(handler: H, connection: ConnectionInfo) -> Self {
         ConnectionService {
             handler,
             connection,

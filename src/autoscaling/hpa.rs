@@ -39,7 +39,7 @@ use crate::datadog::query::{build_query, validate_metric_name};
 use crate::k8s::HpaVersion;
 
 /// `source.component` and `reportingComponent` of the Events we emit.
-pub const EVENT_COMPONENT: &str = "datadog-cluster-agent";
+pub(crate) const EVENT_COMPONENT: &str = "datadog-cluster-agent";
 
 /// One external metric an HPA wants, ready to become a store entry and a Datadog query.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +134,7 @@ struct LabelSelectorRequirement {
 }
 
 /// The HPA's namespace, name and UID as a store reference.
-pub fn reference_of(hpa: &DynamicObject) -> ObjectReference {
+pub(crate) fn reference_of(hpa: &DynamicObject) -> ObjectReference {
     ObjectReference::horizontal(
         hpa.metadata.namespace.clone().unwrap_or_default(),
         hpa.metadata.name.clone().unwrap_or_default(),
@@ -144,7 +144,7 @@ pub fn reference_of(hpa: &DynamicObject) -> ObjectReference {
 
 /// The external metrics of an HPA: those we can serve, and those we cannot (with why).
 /// Pure; the order follows `spec.metrics`.
-pub fn external_metrics_of(hpa: &DynamicObject) -> (Vec<Wanted>, Vec<Problem>) {
+pub(crate) fn external_metrics_of(hpa: &DynamicObject) -> (Vec<Wanted>, Vec<Problem>) {
     let reference = reference_of(hpa);
     let mut wanted: Vec<Wanted> = Vec::new();
     let mut problems = Vec::new();
@@ -409,7 +409,7 @@ fn build_snapshot(store: &Store<DynamicObject>) -> CatalogSnapshot {
 }
 
 /// The HPA resource for the discovered version.
-pub fn hpa_resource(version: HpaVersion) -> ApiResource {
+pub(crate) fn hpa_resource(version: HpaVersion) -> ApiResource {
     let v = match version {
         HpaVersion::V2 => "v2",
         HpaVersion::V2beta2 => "v2beta2",
@@ -422,7 +422,7 @@ pub fn hpa_resource(version: HpaVersion) -> ApiResource {
 
 /// A problem to publish as an Event on its HPA.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProblemReport {
+pub(crate) struct ProblemReport {
     pub problem: Problem,
     pub generation: i64,
     /// `autoscaling/v2` or `autoscaling/v2beta2`, for `involvedObject.apiVersion`.
@@ -432,7 +432,7 @@ pub struct ProblemReport {
 /// The Warning Event for a problem. Its name is derived from the HPA UID, generation and
 /// problem, so every replica (and a restarted one) computes the same name and a second
 /// creation answers 409: the Event is published once per HPA generation across the cluster.
-pub fn problem_event(report: &ProblemReport, now: jiff::Timestamp) -> CoreEvent {
+pub(crate) fn problem_event(report: &ProblemReport, now: jiff::Timestamp) -> CoreEvent {
     let p = &report.problem;
     let r = &p.reference;
     let mut hash = Fnv1a::default();

@@ -37,7 +37,7 @@ use crate::datadog::query::build_query;
 use crate::datadog::{QueryOutcome, Resolver};
 
 /// Reason stored for an entry no query has answered yet.
-pub const NOT_YET_QUERIED: &str = "not queried from Datadog yet (new metric, or its query was deferred by the rate-limit budget or a backoff)";
+pub(crate) const NOT_YET_QUERIED: &str = "not queried from Datadog yet (new metric, or its query was deferred by the rate-limit budget or a backoff)";
 /// Pause after an HPA change before refreshing, so a burst of changes costs one write.
 const CHANGE_DEBOUNCE: Duration = Duration::from_secs(1);
 
@@ -225,7 +225,7 @@ enum Cycle {
 
 /// Refresher settings.
 #[derive(Debug, Clone)]
-pub struct RefreshSettings {
+pub(crate) struct RefreshSettings {
     pub aggregator: Aggregator,
     pub rollup_secs: u32,
     pub refresh_period: Duration,

@@ -46,7 +46,7 @@ use crate::external_metrics::types::{MetricValue, PublishedValue};
 
 /// Outcomes of recent Datadog queries, by query. Filled by the refresher and by on-demand
 /// lookups.
-pub type OutcomeCache = moka::future::Cache<String, QueryOutcome>;
+pub(crate) type OutcomeCache = moka::future::Cache<String, QueryOutcome>;
 
 /// Most queries an [`OutcomeCache`] holds.
 const OUTCOME_CACHE_CAPACITY: u64 = 10_000;
@@ -60,7 +60,7 @@ pub fn outcome_cache(ttl: Duration) -> OutcomeCache {
 }
 
 /// `max(max_age, 3 × rollup) + query_validity_period`, seconds: older is stale.
-pub fn staleness_limit(
+pub(crate) fn staleness_limit(
     max_age: Duration,
     rollup: Duration,
     query_validity_period: Duration,
@@ -82,7 +82,7 @@ pub struct SourceSettings {
 
 /// The answer from the store alone.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     Values(Vec<MetricValue>),
     Error(MetricError),
     /// Nothing stored for this request (or the copy is not synced yet).
@@ -128,7 +128,7 @@ fn one_per_query<'a, T, R: Ord>(
 }
 
 /// Answers a request from a store snapshot as of `now` (pure).
-pub fn lookup_store(
+pub(crate) fn lookup_store(
     store: &StoreSnapshot,
     namespace: &str,
     metric: &str,
@@ -226,14 +226,14 @@ fn stale_value(metric: &str, timestamp: i64, now: i64, limit: i64) -> Option<Met
 
 /// What the HPA catalog says about a request the store could not answer (pure).
 #[derive(Debug, Clone, PartialEq)]
-pub enum CatalogAnswer<'a> {
+pub(crate) enum CatalogAnswer<'a> {
     /// One wanted metric per distinct query.
     Wanted(Vec<&'a Wanted>),
     Error(MetricError),
 }
 
 /// Looks `(namespace, metric, selector)` up among what the HPAs want.
-pub fn lookup_catalog<'a>(
+pub(crate) fn lookup_catalog<'a>(
     snapshot: &'a crate::autoscaling::hpa::CatalogSnapshot,
     namespace: &str,
     metric: &str,

@@ -32,16 +32,16 @@ use crate::autoscaling::telemetry::{MetricAge, Telemetry, TelemetrySnapshot};
 /// Annotation holding `{data key: why the entry is invalid}` as JSON.
 pub const INVALID_REASONS_ANNOTATION: &str = "custom-metrics.datadoghq.com/invalid-reasons";
 /// A reason longer than this is cut (at a character boundary).
-pub const MAX_REASON_BYTES: usize = 512;
+pub(crate) const MAX_REASON_BYTES: usize = 512;
 /// Reasons are dropped once the annotation would exceed this; annotations share a 256 KiB
 /// budget per object.
-pub const MAX_REASONS_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_REASONS_BYTES: usize = 64 * 1024;
 /// Conflicting writes retried before giving up until the next cycle.
 const WRITE_ATTEMPTS: usize = 5;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("cannot read ConfigMap {namespace}/{name}: {source}")]
     Read {
         namespace: String,
@@ -216,7 +216,12 @@ impl StoreSnapshot {
 }
 
 /// The next copy after seeing `cm` at local time `now`.
-pub fn observe(previous: &StoreSnapshot, cm: &ConfigMap, now: i64, synced: bool) -> StoreSnapshot {
+pub(crate) fn observe(
+    previous: &StoreSnapshot,
+    cm: &ConfigMap,
+    now: i64,
+    synced: bool,
+) -> StoreSnapshot {
     let mut next = StoreSnapshot::from_configmap(cm);
     next.synced = synced || previous.synced;
     next.seen_at = if previous.present && previous.resource_version == next.resource_version {
@@ -235,7 +240,7 @@ pub fn observe(previous: &StoreSnapshot, cm: &ConfigMap, now: i64, synced: bool)
 /// The ConfigMap to write: `base` (if any) with its `external_metric` keys replaced by
 /// `entries`, the last-updated annotation set to `now` and the reasons annotation set to
 /// the reasons of invalid entries.
-pub fn render_configmap(
+pub(crate) fn render_configmap(
     base: Option<&ConfigMap>,
     name: &str,
     namespace: &str,
@@ -330,7 +335,7 @@ fn truncate(s: &str, max: usize) -> &str {
 /// The leader's writer. It remembers the object it last wrote, so consecutive writes need
 /// no read; a conflict means someone else wrote in between, and costs one re-read.
 #[derive(Debug)]
-pub struct StoreWriter {
+pub(crate) struct StoreWriter {
     api: Api<ConfigMap>,
     name: String,
     namespace: String,
@@ -338,7 +343,7 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    pub fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
+    pub(crate) fn new(client: kube::Client, namespace: &str, name: &str) -> Self {
         StoreWriter {
             api: Api::namespaced(client, namespace),
             name: name.to_owned(),
@@ -348,7 +353,7 @@ impl StoreWriter {
     }
 
     /// Reads the ConfigMap now (an absent one is an empty, synced snapshot).
-    pub async fn load(&mut self) -> Result<StoreSnapshot, StoreError> {
+    pub(crate) async fn load(&mut self) -> Result<StoreSnapshot, StoreError> {
         self.last = self.get().await?;
         Ok(match &self.last {
             Some(cm) => {
@@ -372,7 +377,7 @@ impl StoreWriter {
     }
 
     /// Writes `entries` (all of them: `external_metric` keys not in `entries` are removed).
-    pub async fn write(
+    pub(crate) async fn write(
         &mut self,
         entries: &BTreeMap<String, ExternalMetricValue>,
         reasons: &BTreeMap<String, String>,

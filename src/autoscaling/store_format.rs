@@ -24,15 +24,15 @@ pub const DEFAULT_CONFIGMAP_NAME: &str = "datadog-custom-metrics";
 /// Annotation set to the RFC 3339 time of every update of the ConfigMap.
 pub const LAST_UPDATED_ANNOTATION: &str = "custom-metrics.datadoghq.com/last-updated";
 /// Prefix of every external metric data key.
-pub const KEY_PREFIX: &str = "external_metric";
+pub(crate) const KEY_PREFIX: &str = "external_metric";
 /// Separator of the key parts.
-pub const KEY_DELIMITER: &str = "-";
+pub(crate) const KEY_DELIMITER: &str = "-";
 /// `reference.type` of an HPA.
-pub const REFERENCE_TYPE_HORIZONTAL: &str = "horizontal";
+pub(crate) const REFERENCE_TYPE_HORIZONTAL: &str = "horizontal";
 /// `reference.type` of a WatermarkPodAutoscaler.
-pub const REFERENCE_TYPE_WATERMARK: &str = "watermark";
+pub(crate) const REFERENCE_TYPE_WATERMARK: &str = "watermark";
 /// Maximum length of a ConfigMap data key (Kubernetes `IsConfigMapKey`).
-pub const MAX_CONFIGMAP_KEY_LEN: usize = 253;
+pub(crate) const MAX_CONFIGMAP_KEY_LEN: usize = 253;
 
 /// Errors of this module.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -156,7 +156,7 @@ where
 
 /// Data key of an entry: `external_metric-<type>-<namespace>-<name>-<metricName>`
 /// (Go `ExternalMetricValueKeyFunc`).
-pub fn entry_key(reference: &ObjectReference, metric_name: &str) -> String {
+pub(crate) fn entry_key(reference: &ObjectReference, metric_name: &str) -> String {
     [
         KEY_PREFIX,
         reference.kind.as_str(),
@@ -169,7 +169,7 @@ pub fn entry_key(reference: &ObjectReference, metric_name: &str) -> String {
 
 /// Data key of a legacy entry: `external_metric-<namespace>-<name>-<metricName>`
 /// (Go `DeprecatedExternalMetricValueKeyFunc`).
-pub fn deprecated_entry_key(hpa: &ObjectReference, metric_name: &str) -> String {
+pub(crate) fn deprecated_entry_key(hpa: &ObjectReference, metric_name: &str) -> String {
     [
         KEY_PREFIX,
         hpa.namespace.as_str(),
@@ -180,7 +180,7 @@ pub fn deprecated_entry_key(hpa: &ObjectReference, metric_name: &str) -> String 
 }
 
 /// `true` for data keys holding external metrics (Go: prefix `external_metric`).
-pub fn is_external_metric_key(key: &str) -> bool {
+pub(crate) fn is_external_metric_key(key: &str) -> bool {
     key.starts_with(KEY_PREFIX)
 }
 
@@ -355,7 +355,7 @@ pub fn decode_entry(json: &str) -> Result<StoredEntry, StoreFormatError> {
 
 /// Value of [`LAST_UPDATED_ANNOTATION`]: RFC 3339, whole seconds, UTC
 /// (`2025-01-01T00:00:00Z`; Go formats in the process time zone, UTC in the DCA image).
-pub fn format_last_updated(now: jiff::Timestamp) -> String {
+pub(crate) fn format_last_updated(now: jiff::Timestamp) -> String {
     let mut secs = now.as_second();
     if now.subsec_nanosecond() < 0 {
         secs -= 1;

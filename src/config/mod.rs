@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use spec::Kind;
 
-pub const DEFAULT_CONFIG_DIR: &str = "/etc/datadog-agent";
-pub const CONFIG_FILE_NAME: &str = "datadog-cluster.yaml";
+pub(crate) const DEFAULT_CONFIG_DIR: &str = "/etc/datadog-agent";
+pub(crate) const CONFIG_FILE_NAME: &str = "datadog-cluster.yaml";
 /// File beside the config file that holds the node-agent token when none is configured.
-pub const AUTH_TOKEN_FILE_NAME: &str = "cluster_agent.auth_token";
+pub(crate) const AUTH_TOKEN_FILE_NAME: &str = "cluster_agent.auth_token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -243,7 +243,7 @@ impl fmt::Debug for Resolved {
 }
 
 /// Where to look for the configuration file: `-c` may name the file or its folder.
-pub fn config_file_path(cfgpath: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+pub(crate) fn config_file_path(cfgpath: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     match cfgpath {
         // A folder without the file is a container configured through the environment alone.
         Some(p) if p.is_dir() => {
@@ -263,7 +263,7 @@ pub fn config_file_path(cfgpath: Option<&Path>) -> Result<Option<PathBuf>, Confi
 }
 
 /// The folder of the config file, where the token files live.
-pub fn config_dir_of(file: Option<&Path>) -> PathBuf {
+pub(crate) fn config_dir_of(file: Option<&Path>) -> PathBuf {
     file.and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_DIR))

@@ -33,21 +33,21 @@ use crate::config::{Secret, Settings};
 use crate::error::Cause;
 
 /// Product token of the `User-Agent`, as the Go DCA sends it.
-pub const USER_AGENT_PRODUCT: &str = "Datadog-Cluster-Agent";
+pub(crate) const USER_AGENT_PRODUCT: &str = "Datadog-Cluster-Agent";
 /// Path of the metrics query API.
-pub const QUERY_PATH: &str = "/api/v1/query";
+pub(crate) const QUERY_PATH: &str = "/api/v1/query";
 /// Default `site` when none is configured.
-pub const DEFAULT_SITE: &str = "datadoghq.com";
+pub(crate) const DEFAULT_SITE: &str = "datadoghq.com";
 /// Legacy environment variable naming the API base URL.
-pub const DATADOG_HOST_ENV: &str = "DATADOG_HOST";
+pub(crate) const DATADOG_HOST_ENV: &str = "DATADOG_HOST";
 
 /// TCP connect plus TLS handshake.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A whole attempt, body included. Below the 30 s refresh period so that one slow call
 /// cannot make a refresh overlap the next.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// No retry starts later than this after the first attempt.
-pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(3);
+pub(crate) const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(3);
 /// First delay between attempts; doubles after each, with ±25 % jitter.
 const INITIAL_RETRY_DELAY: Duration = Duration::from_millis(250);
 /// A 35-query answer is a few hundred KiB at most; anything far larger is not an answer.
@@ -119,7 +119,7 @@ impl ClientError {
 /// Picks the API base URL: `endpoint` (`external_metrics_provider.endpoint`), else
 /// `datadog_host` (env `DATADOG_HOST`), else `https://api.<site>`. Blank values count as
 /// unset. The result has no trailing `/`.
-pub fn resolve_base_url(
+pub(crate) fn resolve_base_url(
     endpoint: Option<&str>,
     datadog_host: Option<&str>,
     site: &str,
@@ -255,13 +255,13 @@ impl fmt::Debug for DatadogClient {
 }
 
 /// The `User-Agent` we send.
-pub fn user_agent() -> String {
+pub(crate) fn user_agent() -> String {
     format!("{USER_AGENT_PRODUCT}/{}", crate::version::VERSION)
 }
 
 /// rustls client config: ring, TLS 1.2+, Mozilla roots + system roots + `extra_pem`,
 /// ALPN h2 and http/1.1.
-pub fn tls_config(extra_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, ClientError> {
+pub(crate) fn tls_config(extra_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let native = rustls_native_certs::load_native_certs();

@@ -13,10 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use crate::config::Aggregator;
 
 /// Maximum length of a Datadog metric name accepted for an HPA external metric.
-pub const MAX_METRIC_NAME_LEN: usize = 200;
-
-/// Default rollup (`external_metrics_provider.rollup`), in seconds.
-pub const DEFAULT_ROLLUP_SECS: u32 = 30;
+pub(crate) const MAX_METRIC_NAME_LEN: usize = 200;
 
 /// Errors of this module.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,7 +62,8 @@ pub enum MetricNameError {
 
 /// Returns `true` when `name` matches `^[a-zA-Z][a-zA-Z0-9_.]{0,199}$`
 /// (Go `IsValidMetricName`).
-pub fn is_valid_metric_name(name: &str) -> bool {
+#[cfg(test)]
+pub(crate) fn is_valid_metric_name(name: &str) -> bool {
     check_metric_name(name).is_ok()
 }
 
@@ -73,7 +71,7 @@ pub fn is_valid_metric_name(name: &str) -> bool {
 ///
 /// The Go DCA skips such a metric with `metric name "<name>" is invalid`; the error here
 /// keeps that prefix and adds the reason.
-pub fn validate_metric_name(name: &str) -> Result<(), QueryError> {
+pub(crate) fn validate_metric_name(name: &str) -> Result<(), QueryError> {
     check_metric_name(name).map_err(|reason| QueryError::InvalidMetricName {
         name: name.to_owned(),
         reason,
@@ -102,7 +100,7 @@ fn check_metric_name(name: &str) -> Result<(), MetricNameError> {
 
 /// Converts HPA `matchLabels` into Datadog tags: `key:value`, sorted byte-wise as whole
 /// strings (Go sorts the formatted `k:v` strings, so `a.b:1` sorts before `a:2`).
-pub fn labels_to_tags(labels: &BTreeMap<String, String>) -> Vec<String> {
+pub(crate) fn labels_to_tags(labels: &BTreeMap<String, String>) -> Vec<String> {
     let mut tags: Vec<String> = labels.iter().map(|(k, v)| format!("{k}:{v}")).collect();
     tags.sort_unstable();
     tags
@@ -121,7 +119,7 @@ pub fn scope(labels: &BTreeMap<String, String>) -> String {
 /// (`getKey`): `<aggregator>:<metric>{tags}.rollup(<rollup>)`.
 ///
 /// The metric name is used as written (not lower-cased, not validated: call
-/// [`validate_metric_name`] first, or use [`build_validated_query`]).
+/// [`validate_metric_name`] first).
 pub fn build_query(
     aggregator: Aggregator,
     metric_name: &str,
@@ -138,7 +136,8 @@ pub fn build_query(
 }
 
 /// [`validate_metric_name`] then [`build_query`].
-pub fn build_validated_query(
+#[cfg(test)]
+pub(crate) fn build_validated_query(
     aggregator: Aggregator,
     metric_name: &str,
     labels: &BTreeMap<String, String>,
@@ -149,7 +148,7 @@ pub fn build_validated_query(
 }
 
 /// Removes duplicate queries, keeping the first occurrence of each and the input order.
-pub fn dedup_queries<I, S>(queries: I) -> Vec<String>
+pub(crate) fn dedup_queries<I, S>(queries: I) -> Vec<String>
 where
     I: IntoIterator<Item = S>,
     S: Into<String>,
@@ -172,7 +171,7 @@ where
 ///
 /// Queries built by [`build_query`] from Kubernetes label selectors always pass; this
 /// matters for user-written queries (DatadogMetric CRD).
-pub fn validate_batch_query(query: &str) -> Result<(), QueryError> {
+pub(crate) fn validate_batch_query(query: &str) -> Result<(), QueryError> {
     check_batch_query(query).map_err(|reason| QueryError::InvalidBatchQuery {
         query: query.to_owned(),
         reason,

@@ -26,10 +26,10 @@ use serde::ser::{SerializeTuple, Serializer};
 use serde::{Deserialize, Serialize};
 
 /// Reason for a query whose results came back in several series.
-pub const MULTIPLE_SERIES_REASON: &str =
+pub(crate) const MULTIPLE_SERIES_REASON: &str =
     "multiple series found. Please change your query to return a single serie";
 /// Reason for every query of a chunk whose series could not be matched to the queries.
-pub const BATCH_MISMATCH_REASON: &str =
+pub(crate) const BATCH_MISMATCH_REASON: &str =
     "Datadog API response did not match the submitted query batch";
 
 /// Errors of this module.
@@ -329,7 +329,7 @@ pub struct EvalParams {
 
 /// `max(external_metrics_provider.max_age, 3 × external_metrics_provider.rollup)`,
 /// seconds (120 with the defaults).
-pub fn effective_max_age(max_age_secs: i64, rollup_secs: i64) -> i64 {
+pub(crate) fn effective_max_age(max_age_secs: i64, rollup_secs: i64) -> i64 {
     max_age_secs.max(rollup_secs.saturating_mul(3))
 }
 
@@ -357,7 +357,7 @@ fn ms_to_secs(ms: f64) -> i64 {
 }
 
 /// Finds the index of the query a series answers (Go `matchDatadogExternalSeries`).
-pub fn match_query_index(series: &Series, query_count: usize) -> Result<usize, String> {
+pub(crate) fn match_query_index(series: &Series, query_count: usize) -> Result<usize, String> {
     match series.query_index {
         None if query_count == 1 => Ok(0),
         None => Err(format!(
@@ -371,7 +371,7 @@ pub fn match_query_index(series: &Series, query_count: usize) -> Result<usize, S
 }
 
 /// Every query of `queries` invalid with the same reason (e.g. for a failed HTTP call).
-pub fn invalidate_all<S: AsRef<str>>(
+pub(crate) fn invalidate_all<S: AsRef<str>>(
     queries: &[S],
     reason: &str,
 ) -> BTreeMap<String, QueryOutcome> {
@@ -383,7 +383,7 @@ pub fn invalidate_all<S: AsRef<str>>(
 
 /// Maps the series returned for one chunk back to the chunk's queries (see the module
 /// docs). The result has exactly one entry per distinct query of `queries`.
-pub fn evaluate_series<S: AsRef<str>>(
+pub(crate) fn evaluate_series<S: AsRef<str>>(
     queries: &[S],
     series: &[Series],
     params: &EvalParams,

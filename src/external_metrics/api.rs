@@ -32,7 +32,7 @@ pub enum MetricError {
 /// What a source serves: values shared with the source, so that answering a request costs
 /// reference-count bumps rather than copies of names and labels, and each value's wire form
 /// is written once.
-pub type MetricValues = Vec<Arc<PublishedValue>>;
+pub(crate) type MetricValues = Vec<Arc<PublishedValue>>;
 
 pub trait MetricSource: Send + Sync + 'static {
     /// `metric` is the name as requested (lower-cased by client-go); matching it to what the
@@ -67,7 +67,7 @@ impl From<&MetricError> for Status {
 }
 
 /// Go's answer to `watch=true` on a metric: the list handler has no watcher.
-pub fn watch_not_supported(metric: &str) -> Status {
+pub(crate) fn watch_not_supported(metric: &str) -> Status {
     Status::method_not_supported(GROUP, metric, "watch")
 }
 

@@ -28,13 +28,13 @@ use crate::apimachinery::discovery::{GroupVersionSpec, ResourceSpec};
 /// The API group we serve.
 pub const GROUP: &str = "external.metrics.k8s.io";
 /// Its only version.
-pub const VERSION: &str = "v1beta1";
-pub const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
+pub(crate) const VERSION: &str = "v1beta1";
+pub(crate) const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
 /// The fixed resource discovery lists (custom-metrics-apiserver's placeholder, §1.2).
-pub const RESOURCE: &str = "externalmetrics";
-pub const SINGULAR: &str = "externalmetric";
+pub(crate) const RESOURCE: &str = "externalmetrics";
+pub(crate) const SINGULAR: &str = "externalmetric";
 /// The kind of every metric response.
-pub const LIST_KIND: &str = "ExternalMetricValueList";
+pub(crate) const LIST_KIND: &str = "ExternalMetricValueList";
 
 /// What discovery lists: the one fixed resource, never one entry per metric.
 pub const API: GroupVersionSpec = GroupVersionSpec {

@@ -47,7 +47,7 @@ const LIST_SUFFIX: &str = "]}";
 /// * `timestamp` is RFC 3339 in UTC with second precision, as `metav1.Time` writes it;
 /// * `window` is omitted when unknown, as Go's `omitempty` does;
 /// * `value` is the canonical Quantity string.
-pub fn encode_list<V: ListItem>(values: &[V]) -> Result<Vec<u8>, EncodeError> {
+pub(crate) fn encode_list<V: ListItem>(values: &[V]) -> Result<Vec<u8>, EncodeError> {
     let capacity = LIST_PREFIX.len()
         + LIST_SUFFIX.len()
         + values.iter().map(|v| v.capacity() + 1).sum::<usize>();
@@ -64,7 +64,7 @@ pub fn encode_list<V: ListItem>(values: &[V]) -> Result<Vec<u8>, EncodeError> {
 }
 
 /// One item of an `ExternalMetricValueList`, as it is written on the wire.
-pub trait ListItem {
+pub(crate) trait ListItem {
     fn write_to(&self, out: &mut String) -> Result<(), EncodeError>;
     /// Bytes `write_to` is expected to write, so the list is allocated once.
     fn capacity(&self) -> usize;
@@ -323,7 +323,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 /// A JSON string literal, escaped as Go's encoder escapes it (`<`, `>`, `&`, U+2028 and
 /// U+2029 included), so bodies are byte-identical to what a Go server would write.
-pub fn write_json_string(out: &mut String, s: &str) {
+pub(crate) fn write_json_string(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;

@@ -270,7 +270,7 @@ async fn from_kubeconfig(
 }
 
 /// `kube_resources_namespace`, else the pod's own namespace, else `default`.
-pub fn resource_namespace(settings: &Settings) -> String {
+pub(crate) fn resource_namespace(settings: &Settings) -> String {
     resource_namespace_from(
         settings.kube_resources_namespace.as_deref(),
         Path::new(SERVICE_ACCOUNT_NAMESPACE),
@@ -469,7 +469,7 @@ async fn discover_patiently(
 }
 
 /// Picks, from the group-versions the server lists, the newest one we can read of each.
-pub fn capabilities_from(group_versions: &[String]) -> ApiCapabilities {
+pub(crate) fn capabilities_from(group_versions: &[String]) -> ApiCapabilities {
     let has = |gv: &str| group_versions.iter().any(|g| g == gv);
     ApiCapabilities {
         hpa: if has("autoscaling/v2") {

@@ -17,10 +17,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Annotation holding the record on the ConfigMap lock.
 pub const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
-/// Default lock object name (`leader_lease_name`).
-pub const DEFAULT_LEASE_NAME: &str = "datadog-leader-election";
-/// Default lease duration (`leader_lease_duration`), seconds.
-pub const DEFAULT_LEASE_DURATION_SECS: i64 = 60;
 
 /// Go's zero `time.Time` (`0001-01-01T00:00:00Z`), which `metav1.Time` writes as `null`.
 const GO_ZERO_TIME_SECS: i64 = -62_135_596_800;
@@ -92,20 +88,20 @@ pub mod metav1_time {
 }
 
 /// Formats a time as `metav1.Time` does: `2006-01-02T15:04:05Z` (UTC, fraction dropped).
-pub fn format_time(t: Timestamp) -> String {
+pub(crate) fn format_time(t: Timestamp) -> String {
     truncate_to_second(t)
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
 }
 
 /// Parses an RFC 3339 time (`metav1.Time` reads with `time.RFC3339`).
-pub fn parse_time(s: &str) -> Result<Timestamp, String> {
+pub(crate) fn parse_time(s: &str) -> Result<Timestamp, String> {
     s.parse::<Timestamp>()
         .map_err(|e| format!("invalid RFC 3339 time {s:?}: {e}"))
 }
 
 /// Rounds down to the whole second (what survives a round trip through the record).
-pub fn truncate_to_second(t: Timestamp) -> Timestamp {
+pub(crate) fn truncate_to_second(t: Timestamp) -> Timestamp {
     let mut secs = t.as_second();
     if t.subsec_nanosecond() < 0 {
         secs -= 1;
@@ -149,7 +145,7 @@ impl LeaderElectionRecord {
 /// When the raw record was first seen locally (client-go `observedRawRecord` /
 /// `observedTime`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observation {
+pub(crate) struct Observation {
     /// The raw annotation (or lease record JSON) last seen.
     pub raw: String,
     /// Local time at which `raw` was first seen.
@@ -158,7 +154,7 @@ pub struct Observation {
 
 /// Updates the observation after reading `raw` at `now`: the time is kept while the raw
 /// record does not change, and reset to `now` when it does.
-pub fn observe(previous: Option<&Observation>, raw: &str, now: Timestamp) -> Observation {
+pub(crate) fn observe(previous: Option<&Observation>, raw: &str, now: Timestamp) -> Observation {
     match previous {
         Some(p) if p.raw == raw => p.clone(),
         _ => Observation {

@@ -17,19 +17,19 @@ pub const CONFIGMAP_NAMESPACE: &str = "kube-system";
 pub const CONFIGMAP_NAME: &str = "extension-apiserver-authentication";
 
 /// ConfigMap key: CA bundle for ordinary client certificates (CN = user, O = groups).
-pub const KEY_CLIENT_CA: &str = "client-ca-file";
+pub(crate) const KEY_CLIENT_CA: &str = "client-ca-file";
 /// ConfigMap key: CA bundle for the front proxy (the aggregator's client certificate).
 pub const KEY_REQUESTHEADER_CA: &str = "requestheader-client-ca-file";
 /// ConfigMap key: JSON array of CNs a front-proxy certificate may carry (empty = any).
 pub const KEY_ALLOWED_NAMES: &str = "requestheader-allowed-names";
 /// ConfigMap key: JSON array of user-name headers, first non-empty wins.
-pub const KEY_USERNAME_HEADERS: &str = "requestheader-username-headers";
+pub(crate) const KEY_USERNAME_HEADERS: &str = "requestheader-username-headers";
 /// ConfigMap key: JSON array of group headers, all values of all of them count.
-pub const KEY_GROUP_HEADERS: &str = "requestheader-group-headers";
+pub(crate) const KEY_GROUP_HEADERS: &str = "requestheader-group-headers";
 /// ConfigMap key: JSON array of header prefixes that carry `user.Info.Extra`.
-pub const KEY_EXTRA_PREFIXES: &str = "requestheader-extra-headers-prefix";
+pub(crate) const KEY_EXTRA_PREFIXES: &str = "requestheader-extra-headers-prefix";
 /// ConfigMap key: JSON array of UID headers (kube ≥ 1.32 with `RemoteRequestHeaderUID`).
-pub const KEY_UID_HEADERS: &str = "requestheader-uid-headers";
+pub(crate) const KEY_UID_HEADERS: &str = "requestheader-uid-headers";
 
 /// Name of the [`CaBundle`] built from `requestheader-client-ca-file`, as reported in
 /// [`PeerIdentity::Certificate::bundle`](crate::tls::PeerIdentity).
@@ -39,9 +39,9 @@ pub const CLIENT_CA_BUNDLE: &str = "client-ca";
 
 /// Header names used when the ConfigMap does not name any (kube's delegating defaults).
 /// UID headers have no default: kube only trusts them when configured explicitly.
-pub const DEFAULT_USERNAME_HEADERS: &[&str] = &["x-remote-user"];
-pub const DEFAULT_GROUP_HEADERS: &[&str] = &["x-remote-group"];
-pub const DEFAULT_EXTRA_PREFIXES: &[&str] = &["x-remote-extra-"];
+pub(crate) const DEFAULT_USERNAME_HEADERS: &[&str] = &["x-remote-user"];
+pub(crate) const DEFAULT_GROUP_HEADERS: &[&str] = &["x-remote-group"];
+pub(crate) const DEFAULT_EXTRA_PREFIXES: &[&str] = &["x-remote-extra-"];
 
 /// Why the ConfigMap could not be used. The previous configuration stays in force.
 #[derive(Debug, thiserror::Error)]

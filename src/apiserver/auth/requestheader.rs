@@ -17,11 +17,11 @@ use crate::apiserver::seams::UserInfo;
 use crate::tls::PeerIdentity;
 
 /// Group every authenticated user gets (`user.AllAuthenticated`).
-pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
+pub(crate) const AUTHENTICATED_GROUP: &str = "system:authenticated";
 /// Group of the anonymous user (`user.AllUnauthenticated`).
-pub const UNAUTHENTICATED_GROUP: &str = "system:unauthenticated";
+pub(crate) const UNAUTHENTICATED_GROUP: &str = "system:unauthenticated";
 /// The anonymous user's name (`user.Anonymous`).
-pub const ANONYMOUS_USER: &str = "system:anonymous";
+pub(crate) const ANONYMOUS_USER: &str = "system:anonymous";
 
 /// What the certificate-based authenticators concluded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +39,7 @@ pub enum CertOutcome {
 /// [`TrustBundles`](crate::apiserver::auth::config::TrustBundles): the TLS layer names
 /// only the first bundle that verified the certificate, so whether a front-proxy certificate
 /// would also pass `client-ca-file` is inferred from the bundles' contents.
-pub fn authenticate_certificate(
+pub(crate) fn authenticate_certificate(
     peer: &PeerIdentity,
     headers: &HeaderMap,
     config: &AuthConfig,
@@ -95,7 +95,7 @@ pub fn authenticate_certificate(
 }
 
 /// The identity the front proxy asserts, or `None` without a (non-empty) user header.
-pub fn user_from_headers(headers: &HeaderMap, config: &AuthConfig) -> Option<UserInfo> {
+pub(crate) fn user_from_headers(headers: &HeaderMap, config: &AuthConfig) -> Option<UserInfo> {
     let name = first_value(headers, &config.username_headers)?;
     let uid = first_value(headers, &config.uid_headers).unwrap_or_default();
     let groups = config
@@ -149,7 +149,7 @@ fn extras(headers: &HeaderMap, prefixes: &[String]) -> BTreeMap<String, Vec<Stri
 
 /// Percent-decodes an extra key like Go's `url.PathUnescape`; a malformed escape (or bytes
 /// that are not UTF-8) keeps the key as sent, so the value is still recorded.
-pub fn unescape_extra_key(encoded: &str) -> String {
+pub(crate) fn unescape_extra_key(encoded: &str) -> String {
     let bytes = encoded.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -185,7 +185,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 /// Adds `system:authenticated` unless the user is anonymous or already carries it or
 /// `system:unauthenticated` (kube's `AuthenticatedGroupAdder`).
-pub fn with_authenticated_group(mut user: UserInfo) -> UserInfo {
+pub(crate) fn with_authenticated_group(mut user: UserInfo) -> UserInfo {
     if lacks_authenticated_group(&user) {
         user.groups.push(AUTHENTICATED_GROUP.to_owned());
     }
@@ -193,7 +193,7 @@ pub fn with_authenticated_group(mut user: UserInfo) -> UserInfo {
 }
 
 /// Whether [`with_authenticated_group`] would add the group.
-pub fn lacks_authenticated_group(user: &UserInfo) -> bool {
+pub(crate) fn lacks_authenticated_group(user: &UserInfo) -> bool {
     let marked = user
         .groups
         .iter()
@@ -203,7 +203,7 @@ pub fn lacks_authenticated_group(user: &UserInfo) -> bool {
 
 /// [`with_authenticated_group`] for a shared identity: copied only when the group is added
 /// (a TokenReview's user usually has it already).
-pub fn shared_with_authenticated_group(user: Arc<UserInfo>) -> Arc<UserInfo> {
+pub(crate) fn shared_with_authenticated_group(user: Arc<UserInfo>) -> Arc<UserInfo> {
     if lacks_authenticated_group(&user) {
         Arc::new(with_authenticated_group(Arc::unwrap_or_clone(user)))
     } else {
@@ -212,7 +212,7 @@ pub fn shared_with_authenticated_group(user: Arc<UserInfo>) -> Arc<UserInfo> {
 }
 
 /// Several authenticator errors as one 401 reason, formatted like kube's aggregate errors.
-pub fn aggregate_errors(errors: &[String]) -> String {
+pub(crate) fn aggregate_errors(errors: &[String]) -> String {
     match errors {
         [one] => one.clone(),
         many => format!("[{}]", many.join(", ")),

@@ -57,6 +57,22 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
             .instrument(tracing::info_span!("leader_election_supervisor")),
     );
 
+    // Every replica serves node agents (no forwarding to the leader).
+    let token = crate::node_api::token::resolve(
+        settings.cluster_agent.auth_token.as_ref(),
+        &settings.config_dir,
+    )?;
+    let node_settings = settings.clone();
+    let node_namespace = namespace.clone();
+    let stop = shutdown.clone();
+    tasks.spawn(
+        async move {
+            let result = crate::node_api::run(&node_settings, &node_namespace, token, stop).await;
+            ("node-agent API server", result.map_err(Into::into))
+        }
+        .instrument(tracing::info_span!("node_api_server")),
+    );
+
     if settings.external_metrics.enabled {
         start_external_metrics(
             &settings,

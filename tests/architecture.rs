@@ -31,6 +31,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("leader", 3),
     // The APIs.
     ("external_metrics", 4),
+    ("node_api", 4),
     // What serves the metrics API its values (implements its seam).
     ("autoscaling", 5),
     // Wiring, then the command line.

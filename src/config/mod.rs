@@ -151,6 +151,7 @@ fn parse_aggregator(raw: &str) -> Result<Aggregator, String> {
 #[derive(Debug, Clone)]
 pub struct ClusterAgentSettings {
     pub cmd_port: u16,
+    pub allow_legacy_tls: bool,
     /// `None` when neither the setting nor the token file gives one.
     pub auth_token: Option<Secret>,
     pub token_name: String,
@@ -191,6 +192,8 @@ pub struct ExternalMetricsSettings {
 pub struct Settings {
     /// The file the settings were read from, if any.
     pub config_file: Option<PathBuf>,
+    /// Where the token files live: the config file's folder, or the one `-c` named.
+    pub config_dir: PathBuf,
     pub api_key: Secret,
     pub app_key: Secret,
     pub site: String,
@@ -374,12 +377,14 @@ impl Settings {
         let auth_token = resolve_auth_token(&r, config_dir)?;
         Ok(Settings {
             config_file,
+            config_dir: config_dir.to_path_buf(),
             site: r.string("site"),
             dd_url: r.opt_string("dd_url"),
             hostname: r.opt_string("hostname"),
             cluster_name: r.opt_string("cluster_name"),
             cluster_agent: ClusterAgentSettings {
                 cmd_port: r.port("cluster_agent.cmd_port")?,
+                allow_legacy_tls: r.bool("cluster_agent.allow_legacy_tls")?,
                 auth_token,
                 token_name: r.string("cluster_agent.token_name"),
                 kubernetes_service_name: r.string("cluster_agent.kubernetes_service_name"),
@@ -577,7 +582,7 @@ impl Resolved {
     fn reset_malformed_unused(&mut self) -> Vec<String> {
         let mut warnings = Vec::new();
         for spec in SPECS {
-            if !NOT_YET_USED.contains(&spec.key) || spec.key == "cluster_agent.auth_token" {
+            if !NOT_YET_USED.contains(&spec.key) {
                 continue;
             }
             let Some(Entry { raw, source }) = self.0.get(spec.key) else {

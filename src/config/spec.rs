@@ -102,6 +102,12 @@ pub static SPECS: &[Spec] = &[
         "Port of the node-agent API (HTTPS).",
     ),
     spec(
+        "cluster_agent.allow_legacy_tls",
+        Kind::Bool,
+        "false",
+        "Accept TLS 1.2 on the node-agent API, which is TLS 1.3 only by default (the Go DCA's legacy mode goes down to TLS 1.0; rustls has nothing older than 1.2).",
+    ),
+    spec(
         "bind_host",
         Kind::Str,
         "0.0.0.0",
@@ -111,7 +117,7 @@ pub static SPECS: &[Spec] = &[
         "cluster_agent.auth_token",
         Kind::Secret,
         "",
-        "Token node agents present (at least 32 ASCII letters and digits); default: read from the `cluster_agent.auth_token` file beside the config file.",
+        "Token node agents present (at least 32 ASCII letters and digits); default: the `cluster_agent.auth_token` file beside the config file, created (64 hex characters, mode 0600) when missing.",
     ),
     spec(
         "cluster_agent.token_name",
@@ -334,14 +340,11 @@ pub static SPECS: &[Spec] = &[
 
 /// Settings accepted (and shown by `config`) that nothing reads yet: the subsystems that
 /// will read them (node-agent API, event collection, telemetry) are not built. The README
-/// marks them, and `start` does not refuse a malformed one (it warns and uses the default),
-/// except the node-agent token, which is refused as it will be once it is served.
+/// marks them, and `start` does not refuse a malformed one (it warns and uses the default).
 pub const NOT_YET_USED: &[&str] = &[
     "dd_url",
     "hostname",
     "cluster_name",
-    "cluster_agent.cmd_port",
-    "cluster_agent.auth_token",
     "cluster_agent.token_name",
     "kubernetes_collect_metadata_tags",
     "kubernetes_use_endpoint_slices",

@@ -373,7 +373,7 @@ proptest::proptest! {
 fn start_warns_about_malformed_settings_nothing_reads_yet() {
     let dir = tempfile::tempdir().unwrap();
     let env = [
-        ("DD_CLUSTER_AGENT_CMD_PORT", "70000"),
+        ("DD_EXPVAR_PORT", "70000"),
         ("DD_HEALTH_PORT", "-1"),
         ("DD_COLLECT_KUBERNETES_EVENTS", "perhaps"),
     ];
@@ -381,20 +381,23 @@ fn start_warns_about_malformed_settings_nothing_reads_yet() {
     assert!(load(None, &env).is_err());
     // ...but `start` goes on with the defaults and one warning each.
     let (s, warnings) = Settings::load_leniently(None, dir.path(), &env_of(&env)).unwrap();
-    assert_eq!(s.cluster_agent.cmd_port, 5005);
+    assert_eq!(s.expvar_port, 5000);
     assert_eq!(s.health_port, 0);
     assert!(!s.collect_kubernetes_events);
     assert_eq!(warnings.len(), 3, "{warnings:?}");
-    for (w, key) in warnings.iter().zip([
-        "cluster_agent.cmd_port",
-        "collect_kubernetes_events",
-        "health_port",
-    ]) {
+    for (w, key) in warnings
+        .iter()
+        .zip(["collect_kubernetes_events", "expvar_port", "health_port"])
+    {
         assert!(w.contains(key) && w.contains("not used yet"), "{w}");
     }
     // A setting that is used still stops start-up.
-    let used = [("DD_LEADER_ELECTION", "perhaps")];
-    assert!(Settings::load_leniently(None, dir.path(), &env_of(&used)).is_err());
+    for used in [
+        ("DD_LEADER_ELECTION", "perhaps"),
+        ("DD_CLUSTER_AGENT_CMD_PORT", "70000"),
+    ] {
+        assert!(Settings::load_leniently(None, dir.path(), &env_of(&[used])).is_err());
+    }
     // So does a malformed node-agent token: it will be served as it is.
     let token = [("DD_CLUSTER_AGENT_AUTH_TOKEN", "short")];
     assert!(Settings::load_leniently(None, dir.path(), &env_of(&token)).is_err());

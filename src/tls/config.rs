@@ -52,6 +52,21 @@ impl ServerTls {
         Ok(Self { config, client_ca })
     }
 
+    /// TLS 1.3 only, without client certificates: the node-agent API's default, as the Go
+    /// DCA's.
+    pub fn tls13_only(certs: Arc<dyn ResolvesServerCert>) -> Result<Self, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_protocol_versions(&[&TLS13])
+            .map_err(TlsError::Config)?
+            .with_no_client_auth()
+            .with_cert_resolver(certs);
+        config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+        Ok(Self {
+            config: Arc::new(config),
+            client_ca: None,
+        })
+    }
+
     /// The rustls configuration.
     pub fn config(&self) -> &Arc<ServerConfig> {
         &self.config

@@ -1,0 +1,71 @@
+//! The node-agent API on `cluster_agent.cmd_port` (5005): what node agents
+//! (`DD_CLUSTER_AGENT_ENABLED=true`) call, over TLS, with the shared bearer token.
+//!
+//! Built so far: the server (TLS 1.3, or 1.2 with `cluster_agent.allow_legacy_tls`, a
+//! self-signed certificate as the Go DCA serves), the token check ([`auth`]) and `/version`.
+//! The tag and metadata routes need the metadata mapper, which is not built yet; until then
+//! they answer Go's `404 page not found` after the token check.
+//!
+//! It stands beside `external_metrics` on [`crate::apiserver`] and never imports it.
+
+pub(crate) mod auth;
+pub(crate) mod service;
+pub(crate) mod token;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+use tokio_util::sync::CancellationToken;
+
+use crate::apiserver::response::{Body, NOSNIFF, body_response};
+use crate::apiserver::server::{ServerError, bind, serve_on};
+use crate::config::{Secret, Settings};
+use crate::tls::{ServerCertResolver, ServerTls, default_sans};
+
+const SERVER: &str = "node-agent API server";
+
+/// Serves the node-agent API on `bind_host:cluster_agent.cmd_port` until `shutdown`, then
+/// drains as the metrics server does.
+pub(crate) async fn run(
+    settings: &Settings,
+    namespace: &str,
+    token: Secret,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let tls_error = |source| ServerError::Tls {
+        server: SERVER,
+        source,
+    };
+    // Node agents do not verify it (Go's InsecureSkipVerify); it names the Service anyway,
+    // and localhost for the local CLI.
+    let mut sans = default_sans(&settings.cluster_agent.kubernetes_service_name, namespace);
+    sans.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+    let certs = ServerCertResolver::self_signed(&sans).map_err(tls_error)?;
+    let tls = if settings.cluster_agent.allow_legacy_tls {
+        ServerTls::new(certs, None)
+    } else {
+        ServerTls::tls13_only(certs)
+    }
+    .map_err(tls_error)?;
+    let addr = SocketAddr::new(settings.bind_host, settings.cluster_agent.cmd_port);
+    let listener = bind(SERVER, addr).await?;
+    tracing::info!(%addr, "node-agent API server listening");
+    serve_on(listener, tls, service::NodeApiService::new(token), shutdown).await;
+    tracing::info!(%addr, "node-agent API server stopped");
+    Ok(())
+}
+
+/// Go's `http.Error`: plain text, `nosniff`, the message and a newline.
+pub(crate) fn go_error(code: StatusCode, message: &str, head: bool) -> Response<Body> {
+    let mut response = body_response(code, Bytes::from(format!("{message}\n")), head);
+    let h = response.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(NOSNIFF, HeaderValue::from_static("nosniff"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,202 @@
+//! The node-agent API's handler: the token check first (a refused request never reaches a
+//! route), then the route.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Method, StatusCode};
+use serde::Serialize;
+
+use crate::apiserver::response::{Body, ResponseFuture, json_response};
+use crate::apiserver::server::Handler;
+use crate::config::Secret;
+use crate::node_api::{auth, go_error};
+use crate::tls::PeerIdentity;
+
+#[derive(Clone)]
+pub(crate) struct NodeApiService {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    token: Secret,
+    version: Bytes,
+}
+
+/// `pkg/version.Version`: Go has no json tags on it, hence the capitalised keys, which node
+/// agents read to pick their calls (bulk pod tags from 1.3, namespace metadata from 7.55).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Version<'a> {
+    major: u64,
+    minor: u64,
+    patch: u64,
+    pre: &'a str,
+    meta: &'a str,
+    commit: &'a str,
+}
+
+/// The parts of a semantic version string after the numbers: `-pre` and `+meta`.
+fn pre_and_meta(version: &str) -> (&str, &str) {
+    let (rest, meta) = version.split_once('+').unwrap_or((version, ""));
+    let pre = rest.split_once('-').map_or("", |(_, pre)| pre);
+    (pre, meta)
+}
+
+fn version_json() -> Bytes {
+    let (major, minor, patch) = crate::version::parts();
+    let (pre, meta) = pre_and_meta(crate::version::VERSION);
+    let version = Version {
+        major,
+        minor,
+        patch,
+        pre,
+        meta,
+        commit: crate::version::COMMIT,
+    };
+    // Integers and strings always serialise; the fallback keeps this total.
+    Bytes::from(serde_json::to_vec(&version).unwrap_or_else(|_| b"{}".to_vec()))
+}
+
+impl NodeApiService {
+    pub(crate) fn new(token: Secret) -> Self {
+        NodeApiService {
+            shared: Arc::new(Shared {
+                token,
+                version: version_json(),
+            }),
+        }
+    }
+
+    fn respond(&self, parts: &Parts) -> http::Response<Body> {
+        let head = parts.method == Method::HEAD;
+        if let Err(refusal) = auth::check(&parts.headers, self.shared.token.expose().as_bytes()) {
+            tracing::debug!(
+                ?refusal,
+                path = parts.uri.path(),
+                "node-agent request refused"
+            );
+            return refusal.response(head);
+        }
+        match parts.uri.path() {
+            "/version" if parts.method == Method::GET => {
+                json_response(StatusCode::OK, self.shared.version.clone(), false)
+            }
+            // gorilla/mux answers a known path with another method 405, without a body.
+            "/version" => {
+                let mut response = go_error(StatusCode::METHOD_NOT_ALLOWED, "", head);
+                *response.body_mut() = Body::new(Bytes::new());
+                response
+            }
+            _ => go_error(StatusCode::NOT_FOUND, "404 page not found", head),
+        }
+    }
+}
+
+impl Handler for NodeApiService {
+    fn start(
+        &self,
+        parts: Parts,
+        _peer: impl FnOnce(&Parts) -> Arc<PeerIdentity>,
+    ) -> ResponseFuture {
+        let response = self.respond(&parts);
+        tracing::debug!(
+            method = %parts.method,
+            path = parts.uri.path(),
+            status = response.status().as_u16(),
+            "node-agent request"
+        );
+        ResponseFuture::ready(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    const TOKEN: &str = "e2eTokenForTheClusterAgent0123456789abcdef";
+
+    fn call(method: Method, path: &str, auth: Option<&str>) -> (StatusCode, String) {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let (parts, ()) = request.body(()).unwrap().into_parts();
+        let service = NodeApiService::new(Secret::new(TOKEN));
+        let response = service.respond(&parts);
+        let status = response.status();
+        let body = futures::executor::block_on(response.into_body().collect())
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn version_answers_the_go_shape_to_a_good_token() {
+        let (status, body) = call(Method::GET, "/version", Some(&format!("Bearer {TOKEN}")));
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let (major, minor, patch) = crate::version::parts();
+        assert_eq!(v["Major"], major);
+        assert_eq!(v["Minor"], minor);
+        assert_eq!(v["Patch"], patch);
+        assert_eq!(v["Commit"], crate::version::COMMIT);
+        assert!(v["Pre"].is_string() && v["Meta"].is_string(), "{body}");
+        // Node agents use the bulk and namespace-metadata calls only from 7.55.
+        assert!(major >= 7 && minor >= 55, "{major}.{minor}");
+    }
+
+    /// No refused request reaches a route: every path, known or not, answers the refusal.
+    #[test]
+    fn the_token_is_checked_before_any_route() {
+        for path in ["/version", "/api/v1/tags/pod/node1", "/nothing"] {
+            for (auth, code, body) in [
+                (None, 401, "no session token provided\n"),
+                (
+                    Some("Basic x"),
+                    401,
+                    "unsupported authorization scheme: Basic\n",
+                ),
+                (Some("Bearer wrong"), 403, "invalid session token\n"),
+            ] {
+                let (status, got) = call(Method::GET, path, auth);
+                assert_eq!(
+                    (status.as_u16(), got.as_str()),
+                    (code, body),
+                    "{path} {auth:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_paths_and_methods_answer_as_gorilla_does() {
+        let auth = format!("Bearer {TOKEN}");
+        let (status, body) = call(Method::GET, "/api/v1/tags/pod/node1", Some(&auth));
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::NOT_FOUND, "404 page not found\n")
+        );
+        let (status, body) = call(Method::POST, "/version", Some(&auth));
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::METHOD_NOT_ALLOWED, "")
+        );
+    }
+
+    #[test]
+    fn version_suffixes() {
+        for (version, want) in [
+            ("7.62.0", ("", "")),
+            ("7.62.0-rc.1", ("rc.1", "")),
+            ("7.62.0+git.5", ("", "git.5")),
+            ("7.62.0-devel+git.5.abc", ("devel", "git.5.abc")),
+        ] {
+            assert_eq!(pre_and_meta(version), want, "{version}");
+        }
+    }
+}

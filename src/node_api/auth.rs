@@ -46,6 +46,17 @@ pub(crate) fn check(headers: &HeaderMap, token: &[u8]) -> Result<(), Refusal> {
 }
 
 impl Refusal {
+    /// A name for logs. The refused value itself is never logged: a client that sends its
+    /// token without the `Bearer ` prefix has it read as the scheme.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Refusal::NoToken => "no token",
+            Refusal::UnsupportedScheme(_) => "unsupported scheme",
+            Refusal::Malformed => "malformed header",
+            Refusal::InvalidToken => "invalid token",
+        }
+    }
+
     /// The answer, worded and shaped as Go's `http.Error` writes it.
     pub(crate) fn response(&self, head: bool) -> Response<Body> {
         let (code, message) = match self {

@@ -73,7 +73,7 @@ impl NodeApiService {
         let head = parts.method == Method::HEAD;
         if let Err(refusal) = auth::check(&parts.headers, self.shared.token.expose().as_bytes()) {
             tracing::debug!(
-                ?refusal,
+                refusal = refusal.kind(),
                 path = parts.uri.path(),
                 "node-agent request refused"
             );

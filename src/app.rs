@@ -64,10 +64,13 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
     )?;
     let node_settings = settings.clone();
     let node_namespace = namespace.clone();
+    let node_client = client.clone();
     let stop = shutdown.clone();
     tasks.spawn(
         async move {
-            let result = crate::node_api::run(&node_settings, &node_namespace, token, stop).await;
+            let result =
+                crate::node_api::run(&node_settings, node_client, &node_namespace, token, stop)
+                    .await;
             ("node-agent API server", result.map_err(Into::into))
         }
         .instrument(tracing::info_span!("node_api_server")),

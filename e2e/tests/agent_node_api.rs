@@ -1,6 +1,8 @@
 //! The node-agent API of the real binary, on a real control plane: the Go node agent's
 //! `/version` handshake succeeds with the shared token, every refusal reads as the Go DCA
-//! writes it, and the port speaks TLS 1.3 only by default.
+//! writes it, the port speaks TLS 1.3 only by default, and the cluster id is the
+//! `kube-system` UID, kept in `datadog-cluster-id`, the same from a second replica and after
+//! a restart.
 
 use std::time::Duration;
 
@@ -9,6 +11,8 @@ use e2e::agent_env::{AgentPorts, ServingCert, agent_binary, agent_settings};
 use e2e::controlplane::{ControlPlane, eventually};
 use e2e::datadog_double::DatadogDouble;
 use e2e::node_agent::NodeAgentClient;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::Api;
 
 /// The token `agent_settings` gives the agent.
 const TOKEN: &str = "e2eTokenForTheClusterAgent0123456789abcdef";
@@ -34,7 +38,7 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
     let double = DatadogDouble::start().await.unwrap();
     let ports = AgentPorts::pick().unwrap();
     let settings = agent_settings(&cp, &binary, "dca-e2e-node-api", &double, &cert, ports);
-    let agent = Agent::spawn(settings).await.unwrap();
+    let mut agent = Agent::spawn(settings).await.unwrap();
     let endpoint = format!("https://127.0.0.1:{}", ports.cmd);
 
     // What the Go node agent does first; the version it reads picks its later calls.
@@ -110,5 +114,62 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
     let refused = client(true).get(&url).bearer_auth(TOKEN).send().await;
     assert!(refused.is_err(), "a TLS 1.2 client was served: {refused:?}");
 
-    drop(agent);
+    // The cluster id: kube-system's UID, written once to the ConfigMap.
+    let kube_system: Api<Namespace> = Api::all(cp.client());
+    let uid = kube_system
+        .get("kube-system")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    assert_eq!(node_agent.cluster_id().await.unwrap(), uid);
+    let configmaps: Api<ConfigMap> = Api::namespaced(cp.client(), cp.agent_namespace());
+    let stored = configmaps.get("datadog-cluster-id").await.unwrap();
+    assert_eq!(stored.data.unwrap()["id"], uid);
+
+    // A second replica answers the same, from the ConfigMap (every replica serves).
+    let other_ports = AgentPorts::pick().unwrap();
+    let other_settings = agent_settings(
+        &cp,
+        &binary,
+        "dca-e2e-node-api-2",
+        &double,
+        &cert,
+        other_ports,
+    );
+    let other = Agent::spawn(other_settings).await.unwrap();
+    let other_endpoint = format!("https://127.0.0.1:{}", other_ports.cmd);
+    let other_client = NodeAgentClient::new(&other_endpoint, TOKEN).unwrap();
+    let from_other = eventually(
+        "the second replica answers the cluster id",
+        Duration::from_secs(60),
+        || {
+            let other_client = other_client.clone();
+            async move { Ok(other_client.cluster_id().await.ok()) }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(from_other, uid);
+    drop(other);
+
+    // And the same after a restart.
+    agent.restart().await.unwrap();
+    let again = eventually(
+        "the restarted agent answers the cluster id",
+        Duration::from_secs(60),
+        || {
+            let node_agent = node_agent.clone();
+            async move { Ok(node_agent.cluster_id().await.ok()) }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, uid);
+    let versions = configmaps.get("datadog-cluster-id").await.unwrap();
+    assert_eq!(
+        versions.metadata.resource_version, stored.metadata.resource_version,
+        "written once"
+    );
 }

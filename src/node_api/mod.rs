@@ -2,17 +2,20 @@
 //! (`DD_CLUSTER_AGENT_ENABLED=true`) call, over TLS, with the shared bearer token.
 //!
 //! Built so far: the server (TLS 1.3, or 1.2 with `cluster_agent.allow_legacy_tls`, a
-//! self-signed certificate as the Go DCA serves), the token check ([`auth`]) and `/version`.
+//! self-signed certificate as the Go DCA serves), the token check ([`auth`]), `/version` and
+//! `/api/v1/cluster/id` ([`cluster_id`]).
 //! The tag and metadata routes need the metadata mapper, which is not built yet; until then
 //! they answer Go's `404 page not found` after the token check.
 //!
 //! It stands beside `external_metrics` on [`crate::apiserver`] and never imports it.
 
 pub(crate) mod auth;
+pub(crate) mod cluster_id;
 pub(crate) mod service;
 pub(crate) mod token;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -30,6 +33,7 @@ const SERVER: &str = "node-agent API server";
 /// drains as the metrics server does.
 pub(crate) async fn run(
     settings: &Settings,
+    client: kube::Client,
     namespace: &str,
     token: Secret,
     shutdown: CancellationToken,
@@ -52,7 +56,9 @@ pub(crate) async fn run(
     let addr = SocketAddr::new(settings.bind_host, settings.cluster_agent.cmd_port);
     let listener = bind(SERVER, addr).await?;
     tracing::info!(%addr, "node-agent API server listening");
-    serve_on(listener, tls, service::NodeApiService::new(token), shutdown).await;
+    let cluster_id = Arc::new(cluster_id::KubeClusterId::new(client, namespace));
+    let service = service::NodeApiService::new(token, cluster_id);
+    serve_on(listener, tls, service, shutdown).await;
     tracing::info!(%addr, "node-agent API server stopped");
     Ok(())
 }

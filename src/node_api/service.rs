@@ -9,8 +9,10 @@ use http::{Method, StatusCode};
 use serde::Serialize;
 
 use crate::apiserver::response::{Body, ResponseFuture, json_response};
+use crate::apiserver::seams::Answer;
 use crate::apiserver::server::Handler;
 use crate::config::Secret;
+use crate::node_api::cluster_id::{ClusterIdError, ClusterIdSource};
 use crate::node_api::{auth, go_error};
 use crate::tls::PeerIdentity;
 
@@ -22,7 +24,16 @@ pub(crate) struct NodeApiService {
 struct Shared {
     token: Secret,
     version: Bytes,
+    cluster_id: Arc<dyn ClusterIdSource>,
 }
+
+/// An answer known within `call`, or one that must wait for the cluster id.
+enum Reply {
+    Now(http::Response<Body>),
+    ClusterIdLater,
+}
+
+const CLUSTER_ID_PATH: &str = "/api/v1/cluster/id";
 
 /// `pkg/version.Version`: Go has no json tags on it, hence the capitalised keys, which node
 /// agents read to pick their calls (bulk pod tags from 1.3, namespace metadata from 7.55).
@@ -60,17 +71,32 @@ fn version_json() -> Bytes {
 }
 
 impl NodeApiService {
-    pub(crate) fn new(token: Secret) -> Self {
+    pub(crate) fn new(token: Secret, cluster_id: Arc<dyn ClusterIdSource>) -> Self {
         NodeApiService {
             shared: Arc::new(Shared {
                 token,
                 version: version_json(),
+                cluster_id,
             }),
         }
     }
 
-    fn respond(&self, parts: &Parts) -> http::Response<Body> {
+    fn respond(&self, parts: &Parts) -> Reply {
         let head = parts.method == Method::HEAD;
+        if parts.uri.path() == CLUSTER_ID_PATH
+            && parts.method == Method::GET
+            && auth::check(&parts.headers, self.shared.token.expose().as_bytes()).is_ok()
+        {
+            // A deferred answer is dropped unstarted and asked again in the request's future.
+            return match self.shared.cluster_id.cluster_id() {
+                Answer::Ready(id) => Reply::Now(cluster_id_response(id)),
+                Answer::Later(_) => Reply::ClusterIdLater,
+            };
+        }
+        Reply::Now(self.respond_now(parts, head))
+    }
+
+    fn respond_now(&self, parts: &Parts, head: bool) -> http::Response<Body> {
         if let Err(refusal) = auth::check(&parts.headers, self.shared.token.expose().as_bytes()) {
             tracing::debug!(
                 refusal = refusal.kind(),
@@ -84,7 +110,7 @@ impl NodeApiService {
                 json_response(StatusCode::OK, self.shared.version.clone(), false)
             }
             // gorilla/mux answers a known path with another method 405, without a body.
-            "/version" => {
+            "/version" | CLUSTER_ID_PATH => {
                 let mut response = go_error(StatusCode::METHOD_NOT_ALLOWED, "", head);
                 *response.body_mut() = Body::new(Bytes::new());
                 response
@@ -100,14 +126,44 @@ impl Handler for NodeApiService {
         parts: Parts,
         _peer: impl FnOnce(&Parts) -> Arc<PeerIdentity>,
     ) -> ResponseFuture {
-        let response = self.respond(&parts);
-        tracing::debug!(
-            method = %parts.method,
-            path = parts.uri.path(),
-            status = response.status().as_u16(),
-            "node-agent request"
-        );
-        ResponseFuture::ready(response)
+        match self.respond(&parts) {
+            Reply::Now(response) => {
+                log_request(&parts, &response);
+                ResponseFuture::ready(response)
+            }
+            Reply::ClusterIdLater => {
+                let shared = Arc::clone(&self.shared);
+                ResponseFuture::pending(async move {
+                    let response = cluster_id_response(shared.cluster_id.cluster_id().wait().await);
+                    log_request(&parts, &response);
+                    response
+                })
+            }
+        }
+    }
+}
+
+fn log_request(parts: &Parts, response: &http::Response<Body>) {
+    tracing::debug!(
+        method = %parts.method,
+        path = parts.uri.path(),
+        status = response.status().as_u16(),
+        "node-agent request"
+    );
+}
+
+/// A JSON string, as Go's `json.Marshal(clusterID)`; an error is Go's plain-text 500.
+fn cluster_id_response(id: Result<Arc<str>, ClusterIdError>) -> http::Response<Body> {
+    match id {
+        Ok(id) => {
+            let body = serde_json::to_vec(&*id).unwrap_or_else(|_| b"\"\"".to_vec());
+            json_response(StatusCode::OK, Bytes::from(body), false)
+        }
+        Err(error) => {
+            let line = crate::error::chain_line(&error);
+            tracing::warn!(error = %line, "cannot answer the cluster id");
+            go_error(StatusCode::INTERNAL_SERVER_ERROR, &line, false)
+        }
     }
 }
 
@@ -119,20 +175,109 @@ mod tests {
     use super::*;
 
     const TOKEN: &str = "e2eTokenForTheClusterAgent0123456789abcdef";
+    const UID: &str = "94e43011-177b-11ea-a4fe-42010a8401d2";
 
-    fn call(method: Method, path: &str, auth: Option<&str>) -> (StatusCode, String) {
+    /// The cluster id at once, later (as on the first request), or an error; counts asks
+    /// and starts.
+    struct FixedId {
+        later: bool,
+        fail: bool,
+        asked: std::sync::atomic::AtomicUsize,
+        started: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl FixedId {
+        fn new(later: bool, fail: bool) -> Arc<Self> {
+            Arc::new(FixedId {
+                later,
+                fail,
+                asked: Default::default(),
+                started: Default::default(),
+            })
+        }
+    }
+
+    impl ClusterIdSource for FixedId {
+        fn cluster_id(&self) -> Answer<'_, Result<Arc<str>, ClusterIdError>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.asked.fetch_add(1, SeqCst);
+            let value = if self.fail {
+                Err(ClusterIdError::NoUid)
+            } else {
+                Ok(Arc::from(UID))
+            };
+            if !self.later {
+                return Answer::ready(value);
+            }
+            let started = Arc::clone(&self.started);
+            Answer::later(move || async move {
+                started.fetch_add(1, SeqCst);
+                value
+            })
+        }
+    }
+
+    fn call_with(
+        ids: Arc<FixedId>,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, String) {
         let mut request = Request::builder().method(method).uri(path);
         if let Some(auth) = auth {
             request = request.header("authorization", auth);
         }
         let (parts, ()) = request.body(()).unwrap().into_parts();
-        let service = NodeApiService::new(Secret::new(TOKEN));
-        let response = service.respond(&parts);
+        let service = NodeApiService::new(Secret::new(TOKEN), ids);
+        let response = futures::executor::block_on(
+            service.start(parts, |_| Arc::new(PeerIdentity::Anonymous)),
+        )
+        .unwrap();
         let status = response.status();
         let body = futures::executor::block_on(response.into_body().collect())
             .unwrap()
             .to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn call(method: Method, path: &str, auth: Option<&str>) -> (StatusCode, String) {
+        call_with(FixedId::new(false, false), method, path, auth)
+    }
+
+    #[test]
+    fn the_cluster_id_is_a_json_string_now_or_later() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let auth = format!("Bearer {TOKEN}");
+        for later in [false, true] {
+            let ids = FixedId::new(later, false);
+            let (status, body) =
+                call_with(ids.clone(), Method::GET, "/api/v1/cluster/id", Some(&auth));
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::OK, format!("\"{UID}\"").as_str())
+            );
+            // Asked twice when it must wait (once within `call`, once in the future), but
+            // its work started once.
+            let want = if later { (2, 1) } else { (1, 0) };
+            assert_eq!(
+                (ids.asked.load(SeqCst), ids.started.load(SeqCst)),
+                want,
+                "{later}"
+            );
+        }
+        let (status, body) = call_with(
+            FixedId::new(true, true),
+            Method::GET,
+            "/api/v1/cluster/id",
+            Some(&auth),
+        );
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body, "the kube-system namespace has no UID\n");
+        // Refused before the id is asked for.
+        let ids = FixedId::new(true, false);
+        let (status, _) = call_with(ids.clone(), Method::GET, "/api/v1/cluster/id", None);
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(ids.asked.load(SeqCst), 0);
     }
 
     #[test]
@@ -153,7 +298,12 @@ mod tests {
     /// No refused request reaches a route: every path, known or not, answers the refusal.
     #[test]
     fn the_token_is_checked_before_any_route() {
-        for path in ["/version", "/api/v1/tags/pod/node1", "/nothing"] {
+        for path in [
+            "/version",
+            "/api/v1/cluster/id",
+            "/api/v1/tags/pod/node1",
+            "/nothing",
+        ] {
             for (auth, code, body) in [
                 (None, 401, "no session token provided\n"),
                 (

@@ -62,15 +62,31 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
         settings.cluster_agent.auth_token.as_ref(),
         &settings.config_dir,
     )?;
+    let (metadata, node_watch, namespace_watch) =
+        crate::metadata::spawn(client.clone(), shutdown.clone());
+    tasks.spawn(
+        async move { ("node watch", node_watch.await.map_err(Into::into)) }
+            .instrument(tracing::info_span!("node_watch")),
+    );
+    tasks.spawn(
+        async move { ("namespace watch", namespace_watch.await.map_err(Into::into)) }
+            .instrument(tracing::info_span!("namespace_watch")),
+    );
     let node_settings = settings.clone();
     let node_namespace = namespace.clone();
     let node_client = client.clone();
     let stop = shutdown.clone();
     tasks.spawn(
         async move {
-            let result =
-                crate::node_api::run(&node_settings, node_client, &node_namespace, token, stop)
-                    .await;
+            let result = crate::node_api::run(
+                &node_settings,
+                node_client,
+                &node_namespace,
+                token,
+                Arc::new(metadata),
+                stop,
+            )
+            .await;
             ("node-agent API server", result.map_err(Into::into))
         }
         .instrument(tracing::info_span!("node_api_server")),

@@ -14,6 +14,7 @@ pub mod external_metrics;
 pub mod k8s;
 pub mod leader;
 pub(crate) mod logging;
+pub(crate) mod metadata;
 pub(crate) mod node_api;
 pub(crate) mod shutdown;
 pub mod tls;

@@ -34,6 +34,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("node_api", 4),
     // What serves the metrics API its values (implements its seam).
     ("autoscaling", 5),
+    ("metadata", 5),
     // Wiring, then the command line.
     ("app", 6),
     ("cli", 7),

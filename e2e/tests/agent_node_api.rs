@@ -2,7 +2,8 @@
 //! `/version` handshake succeeds with the shared token, every refusal reads as the Go DCA
 //! writes it, the port speaks TLS 1.3 only by default, and the cluster id is the
 //! `kube-system` UID, kept in `datadog-cluster-id`, the same from a second replica and after
-//! a restart.
+//! a restart; node labels, filtered node annotations and namespace labels and metadata follow
+//! the objects as the watches deliver them.
 
 use std::time::Duration;
 
@@ -11,8 +12,12 @@ use e2e::agent_env::{AgentPorts, ServingCert, agent_binary, agent_settings};
 use e2e::controlplane::{ControlPlane, eventually};
 use e2e::datadog_double::DatadogDouble;
 use e2e::node_agent::NodeAgentClient;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 
 /// The token `agent_settings` gives the agent.
 const TOKEN: &str = "e2eTokenForTheClusterAgent0123456789abcdef";
@@ -99,6 +104,124 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
         // One answer, written once (the Go DCA appends a second body on internal paths).
         assert_eq!(response.text().await.unwrap(), *body, "{auth:?}");
     }
+
+    // Node and namespace metadata, as the watches see them.
+    let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let nodes: Api<Node> = Api::all(cp.client());
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some("dca-e2e-node".to_owned()),
+            labels: Some(map(&[("kubernetes.io/os", "linux"), ("pool", "a")])),
+            annotations: Some(map(&[("cluster.k8s.io/machine", "m-1"), ("note", "x")])),
+            ..ObjectMeta::default()
+        },
+        ..Node::default()
+    };
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(cp.client());
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some("dca-e2e-team".to_owned()),
+            labels: Some(map(&[("team", "a")])),
+            annotations: Some(map(&[("owner", "ops")])),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+
+    let labels = eventually(
+        "the node's labels are served",
+        Duration::from_secs(60),
+        || {
+            let node_agent = node_agent.clone();
+            async move { Ok(node_agent.node_labels("dca-e2e-node").await.ok()) }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(labels, map(&[("kubernetes.io/os", "linux"), ("pool", "a")]));
+    let annotations = node_agent.node_annotations("dca-e2e-node").await.unwrap();
+    assert_eq!(
+        annotations,
+        map(&[("cluster.k8s.io/machine", "m-1")]),
+        "only the host alias"
+    );
+    let team = eventually("the namespace is served", Duration::from_secs(60), || {
+        let node_agent = node_agent.clone();
+        async move { Ok(node_agent.namespace_metadata("dca-e2e-team").await.ok()) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(team.name, "dca-e2e-team");
+    assert_eq!(team.namespace, "");
+    assert_eq!(team.labels, map(&[("team", "a")]));
+    assert_eq!(
+        team.annotations.get("owner").map(String::as_str),
+        Some("ops")
+    );
+    assert_eq!(
+        node_agent.namespace_labels("dca-e2e-team").await.unwrap(),
+        map(&[("team", "a")])
+    );
+
+    // A label change reaches the answers once the watch delivers it.
+    let patch = serde_json::json!({"metadata": {"labels": {"pool": "b"}}});
+    nodes
+        .patch(
+            "dca-e2e-node",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the new node label is served",
+        Duration::from_secs(60),
+        || {
+            let node_agent = node_agent.clone();
+            async move {
+                let labels = node_agent.node_labels("dca-e2e-node").await?;
+                Ok((labels.get("pool").map(String::as_str) == Some("b")).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // An unknown node is Go's 500.
+    let unknown = node_agent.node_labels("no-such-node").await.unwrap_err();
+    assert_eq!(unknown.status().map(|s| s.as_u16()), Some(500), "{unknown}");
+    assert_eq!(unknown.body(), Some("\"/nodes//no-such-node\" not found\n"));
+    nodes
+        .delete("dca-e2e-node", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "a deleted node is no longer served",
+        Duration::from_secs(60),
+        || {
+            let node_agent = node_agent.clone();
+            async move {
+                Ok(node_agent
+                    .node_labels("dca-e2e-node")
+                    .await
+                    .err()
+                    .and_then(|e| e.status())
+                    .filter(|s| s.as_u16() == 500)
+                    .map(|_| ()))
+            }
+        },
+    )
+    .await
+    .unwrap();
 
     // A route not built yet answers as gorilla/mux does, after the token check.
     let response = http

@@ -205,6 +205,7 @@ pub struct Settings {
     pub kube_resources_namespace: Option<String>,
     pub kubernetes_collect_metadata_tags: bool,
     pub kubernetes_use_endpoint_slices: bool,
+    pub kubernetes_node_annotations_as_host_aliases: Vec<String>,
     pub collect_kubernetes_events: bool,
     pub leader_election: LeaderElectionSettings,
     pub kubernetes_informers_resync_period: Duration,
@@ -397,6 +398,8 @@ impl Settings {
             kube_resources_namespace: r.opt_string("kube_resources_namespace"),
             kubernetes_collect_metadata_tags: r.bool("kubernetes_collect_metadata_tags")?,
             kubernetes_use_endpoint_slices: r.bool("kubernetes_use_endpoint_slices")?,
+            kubernetes_node_annotations_as_host_aliases: r
+                .list("kubernetes_node_annotations_as_host_aliases"),
             collect_kubernetes_events: r.bool("collect_kubernetes_events")?,
             leader_election: LeaderElectionSettings {
                 enabled: r.bool("leader_election")?,
@@ -626,6 +629,14 @@ impl Resolved {
             Some(Raw::Scalar(s)) => s.trim().to_owned(),
             Some(Raw::List(items)) => items.join(" "),
             None => String::new(),
+        }
+    }
+
+    fn list(&self, key: &'static str) -> Vec<String> {
+        match self.entry(key).map(|e| &e.raw) {
+            Some(Raw::List(items)) => items.clone(),
+            Some(Raw::Scalar(s)) => value::parse_env_list(s),
+            None => Vec::new(),
         }
     }
 

@@ -187,6 +187,12 @@ pub static SPECS: &[Spec] = &[
         "Release the lock on graceful shutdown so another replica leads at once.",
     ),
     spec(
+        "kubernetes_node_annotations_as_host_aliases",
+        Kind::List,
+        "cluster.k8s.io/machine",
+        "Node annotations node agents may read as host aliases (`/api/v1/annotations/node/{node}` answers only these).",
+    ),
+    spec(
         "kubernetes_informers_resync_period",
         Kind::Duration,
         "300",

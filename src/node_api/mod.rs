@@ -2,15 +2,16 @@
 //! (`DD_CLUSTER_AGENT_ENABLED=true`) call, over TLS, with the shared bearer token.
 //!
 //! Built so far: the server (TLS 1.3, or 1.2 with `cluster_agent.allow_legacy_tls`, a
-//! self-signed certificate as the Go DCA serves), the token check ([`auth`]), `/version` and
-//! `/api/v1/cluster/id` ([`cluster_id`]).
-//! The tag and metadata routes need the metadata mapper, which is not built yet; until then
+//! self-signed certificate as the Go DCA serves), the token check ([`auth`]), `/version`,
+//! `/api/v1/cluster/id` ([`cluster_id`]) and the node and namespace routes ([`metadata`]).
+//! The pod tag routes need the pod → services mapper, which is not built yet; until then
 //! they answer Go's `404 page not found` after the token check.
 //!
 //! It stands beside `external_metrics` on [`crate::apiserver`] and never imports it.
 
 pub(crate) mod auth;
 pub(crate) mod cluster_id;
+pub(crate) mod metadata;
 pub(crate) mod service;
 pub(crate) mod token;
 
@@ -36,6 +37,7 @@ pub(crate) async fn run(
     client: kube::Client,
     namespace: &str,
     token: Secret,
+    metadata: Arc<dyn metadata::MetadataSource>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let tls_error = |source| ServerError::Tls {
@@ -57,7 +59,12 @@ pub(crate) async fn run(
     let listener = bind(SERVER, addr).await?;
     tracing::info!(%addr, "node-agent API server listening");
     let cluster_id = Arc::new(cluster_id::KubeClusterId::new(client, namespace));
-    let service = service::NodeApiService::new(token, cluster_id);
+    let service = service::NodeApiService::new(
+        token,
+        cluster_id,
+        metadata,
+        settings.kubernetes_node_annotations_as_host_aliases.clone(),
+    );
     serve_on(listener, tls, service, shutdown).await;
     tracing::info!(%addr, "node-agent API server stopped");
     Ok(())

@@ -13,6 +13,7 @@ use crate::apiserver::seams::Answer;
 use crate::apiserver::server::Handler;
 use crate::config::Secret;
 use crate::node_api::cluster_id::{ClusterIdError, ClusterIdSource};
+use crate::node_api::metadata::{self, MetadataSource};
 use crate::node_api::{auth, go_error};
 use crate::tls::PeerIdentity;
 
@@ -25,6 +26,8 @@ struct Shared {
     token: Secret,
     version: Bytes,
     cluster_id: Arc<dyn ClusterIdSource>,
+    metadata: Arc<dyn MetadataSource>,
+    host_alias_annotations: Vec<String>,
 }
 
 /// An answer known within `call`, or one that must wait for the cluster id.
@@ -71,12 +74,19 @@ fn version_json() -> Bytes {
 }
 
 impl NodeApiService {
-    pub(crate) fn new(token: Secret, cluster_id: Arc<dyn ClusterIdSource>) -> Self {
+    pub(crate) fn new(
+        token: Secret,
+        cluster_id: Arc<dyn ClusterIdSource>,
+        metadata: Arc<dyn MetadataSource>,
+        host_alias_annotations: Vec<String>,
+    ) -> Self {
         NodeApiService {
             shared: Arc::new(Shared {
                 token,
                 version: version_json(),
                 cluster_id,
+                metadata,
+                host_alias_annotations,
             }),
         }
     }
@@ -105,16 +115,23 @@ impl NodeApiService {
             );
             return refusal.response(head);
         }
+        if let Some(route) = metadata::parse(parts.uri.path()) {
+            return if parts.method == Method::GET {
+                metadata::answer(
+                    &*self.shared.metadata,
+                    route,
+                    &self.shared.host_alias_annotations,
+                )
+            } else {
+                method_not_allowed(head)
+            };
+        }
         match parts.uri.path() {
             "/version" if parts.method == Method::GET => {
                 json_response(StatusCode::OK, self.shared.version.clone(), false)
             }
             // gorilla/mux answers a known path with another method 405, without a body.
-            "/version" | CLUSTER_ID_PATH => {
-                let mut response = go_error(StatusCode::METHOD_NOT_ALLOWED, "", head);
-                *response.body_mut() = Body::new(Bytes::new());
-                response
-            }
+            "/version" | CLUSTER_ID_PATH => method_not_allowed(head),
             _ => go_error(StatusCode::NOT_FOUND, "404 page not found", head),
         }
     }
@@ -141,6 +158,13 @@ impl Handler for NodeApiService {
             }
         }
     }
+}
+
+/// gorilla/mux answers a known path with another method 405, without a body.
+fn method_not_allowed(head: bool) -> http::Response<Body> {
+    let mut response = go_error(StatusCode::METHOD_NOT_ALLOWED, "", head);
+    *response.body_mut() = Body::new(Bytes::new());
+    response
 }
 
 fn log_request(parts: &Parts, response: &http::Response<Body>) {
@@ -217,6 +241,21 @@ mod tests {
         }
     }
 
+    /// The node and namespace answers are tested in `metadata`; here only their routing.
+    struct NoMetadata;
+
+    impl MetadataSource for NoMetadata {
+        fn synced(&self) -> bool {
+            true
+        }
+        fn node(&self, _: &str) -> Option<Arc<k8s_openapi::api::core::v1::Node>> {
+            None
+        }
+        fn namespace(&self, _: &str) -> Option<Arc<k8s_openapi::api::core::v1::Namespace>> {
+            None
+        }
+    }
+
     fn call_with(
         ids: Arc<FixedId>,
         method: Method,
@@ -228,7 +267,8 @@ mod tests {
             request = request.header("authorization", auth);
         }
         let (parts, ()) = request.body(()).unwrap().into_parts();
-        let service = NodeApiService::new(Secret::new(TOKEN), ids);
+        let service =
+            NodeApiService::new(Secret::new(TOKEN), ids, Arc::new(NoMetadata), Vec::new());
         let response = futures::executor::block_on(
             service.start(parts, |_| Arc::new(PeerIdentity::Anonymous)),
         )
@@ -336,6 +376,16 @@ mod tests {
             (status, body.as_str()),
             (StatusCode::METHOD_NOT_ALLOWED, "")
         );
+        let (status, body) = call(Method::GET, "/api/v1/tags/node/n9", Some(&auth));
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "\"/nodes//n9\" not found\n"
+            )
+        );
+        let (status, _) = call(Method::DELETE, "/api/v1/tags/node/n9", Some(&auth));
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[test]

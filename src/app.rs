@@ -62,15 +62,32 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
         settings.cluster_agent.auth_token.as_ref(),
         &settings.config_dir,
     )?;
-    let (metadata, node_watch, namespace_watch) =
-        crate::metadata::spawn(client.clone(), shutdown.clone());
+    let (metadata, watches) = crate::metadata::spawn(client.clone(), shutdown.clone());
     tasks.spawn(
-        async move { ("node watch", node_watch.await.map_err(Into::into)) }
+        async move { ("node watch", watches.nodes.await.map_err(Into::into)) }
             .instrument(tracing::info_span!("node_watch")),
     );
     tasks.spawn(
-        async move { ("namespace watch", namespace_watch.await.map_err(Into::into)) }
-            .instrument(tracing::info_span!("namespace_watch")),
+        async move {
+            (
+                "namespace watch",
+                watches.namespaces.await.map_err(Into::into),
+            )
+        }
+        .instrument(tracing::info_span!("namespace_watch")),
+    );
+    tasks.spawn(
+        async move {
+            (
+                "endpoints watch",
+                watches.endpoints.await.map_err(Into::into),
+            )
+        }
+        .instrument(tracing::info_span!("endpoints_watch")),
+    );
+    tasks.spawn(
+        async move { ("metadata mapper", watches.mapper.await.map_err(Into::into)) }
+            .instrument(tracing::info_span!("metadata_mapper")),
     );
     let node_settings = settings.clone();
     let node_namespace = namespace.clone();

@@ -3,7 +3,9 @@
 //! writes it, the port speaks TLS 1.3 only by default, and the cluster id is the
 //! `kube-system` UID, kept in `datadog-cluster-id`, the same from a second replica and after
 //! a restart; node labels, filtered node annotations and namespace labels and metadata follow
-//! the objects as the watches deliver them.
+//! the objects as the watches deliver them; the pod → services map follows Services with
+//! selectors over pods made Ready through the status subresource (the real endpoints
+//! controller writes the Endpoints), in the bulk answer and the per-pod tags.
 
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use e2e::datadog_double::DatadogDouble;
 use e2e::node_agent::NodeAgentClient;
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -223,9 +225,134 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
     .await
     .unwrap();
 
+    // The pod → services map, from the real endpoints controller's Endpoints.
+    cp.create_namespace("shop").await.unwrap();
+    for node in ["node-a", "node-b"] {
+        cp.create_node(node, &map(&[])).await.unwrap();
+    }
+    let pods = [
+        (
+            "web-1",
+            "node-a",
+            "10.1.0.1",
+            &[("app", "web"), ("tier", "front")][..],
+        ),
+        ("web-2", "node-b", "10.1.0.2", &[("app", "web")][..]),
+        ("db-0", "node-a", "10.1.0.3", &[("app", "db")][..]),
+    ];
+    for (name, node, ip, pod_labels) in pods {
+        cp.create_pod("shop", name, &map(pod_labels), Some(node))
+            .await
+            .unwrap();
+        cp.mark_pod_ready("shop", name, Some(ip)).await.unwrap();
+    }
+    for (service, selector) in [
+        ("web", ("app", "web")),
+        ("front", ("tier", "front")),
+        ("db", ("app", "db")),
+    ] {
+        cp.create_service("shop", service, &map(&[selector]), &[("http", 80)])
+            .await
+            .unwrap();
+    }
+    let services_of = |bundle: &e2e::node_agent::NamespacesPodsServices, pod: &str| {
+        bundle
+            .get("shop")
+            .and_then(|pods| pods.get(pod))
+            .map(|set| set.keys().cloned().collect::<Vec<_>>())
+    };
+    let wanted_a = |bundle: &e2e::node_agent::NamespacesPodsServices| {
+        services_of(bundle, "web-1") == Some(vec!["front".to_owned(), "web".to_owned()])
+            && services_of(bundle, "db-0") == Some(vec!["db".to_owned()])
+    };
+    eventually(
+        "node-a's pods map to their services",
+        Duration::from_secs(120),
+        || {
+            let node_agent = node_agent.clone();
+            async move {
+                let bundle = node_agent.pods_metadata_for_node("node-a").await?;
+                Ok(wanted_a(&bundle).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let node_b = node_agent.pods_metadata_for_node("node-b").await.unwrap();
+    assert_eq!(
+        services_of(&node_b, "web-2"),
+        Some(vec!["web".to_owned()]),
+        "{node_b:?}"
+    );
+    assert_eq!(node_b["shop"].len(), 1, "only node-b's pods: {node_b:?}");
+    assert_eq!(
+        node_agent
+            .pod_tags("node-a", "shop", "web-1")
+            .await
+            .unwrap(),
+        Some(vec![
+            "kube_service:front".to_owned(),
+            "kube_service:web".to_owned()
+        ])
+    );
+    assert_eq!(
+        node_agent
+            .pod_tags("node-a", "shop", "nobody")
+            .await
+            .unwrap(),
+        None
+    );
+    // What the Go agent's kube_metadata collector asks, through its version gate (bulk).
+    let seen = session
+        .pod_services("node-a", &[("shop", "web-1"), ("shop", "db-0")])
+        .await
+        .unwrap();
+    assert_eq!(
+        seen[&("shop".to_owned(), "db-0".to_owned())],
+        vec!["db".to_owned()]
+    );
+    // An unknown node: Go's 200 with a warning, and no node in the answer.
+    let unknown = node_agent.pod_tags_for_node("node-z").await.unwrap();
+    assert!(unknown.nodes.is_empty(), "{unknown:?}");
+    assert_eq!(
+        unknown.warnings,
+        vec!["Node node-z could not be added to the metadata map bundle: the key agent/KubernetesMetadataMapping/node-z was not found in the cache".to_owned()]
+    );
+
+    // A pod turned not Ready, and a deleted Service, leave the answers.
+    let not_ready = serde_json::json!({"status": {"conditions": [
+        {"type": "Ready", "status": "False", "lastTransitionTime": jiff::Timestamp::now().to_string()},
+    ]}});
+    Api::<Pod>::namespaced(cp.client(), "shop")
+        .patch_status("db-0", &PatchParams::default(), &Patch::Merge(&not_ready))
+        .await
+        .unwrap();
+    Api::<Service>::namespaced(cp.client(), "shop")
+        .delete("front", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the not-Ready pod and the deleted Service are gone",
+        Duration::from_secs(120),
+        || {
+            let node_agent = node_agent.clone();
+            async move {
+                let bundle = node_agent.pods_metadata_for_node("node-a").await?;
+                let web_only = services_of(&bundle, "web-1") == Some(vec!["web".to_owned()]);
+                Ok((web_only && services_of(&bundle, "db-0").is_none()).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        node_agent.pod_tags("node-a", "shop", "db-0").await.unwrap(),
+        None
+    );
+
     // A route not built yet answers as gorilla/mux does, after the token check.
     let response = http
-        .get(format!("{endpoint}/api/v1/tags/pod/node1"))
+        .get(format!("{endpoint}/api/v1/clusterchecks"))
         .bearer_auth(TOKEN)
         .send()
         .await

@@ -2,23 +2,31 @@
 //! watches: Nodes (labels, annotations) and Namespaces (labels, annotations), answered from
 //! kube-runtime reflector stores (shared, never cloned per request).
 //!
-//! Built so far: Nodes and Namespaces. The pod → services mapper (Endpoints or
-//! EndpointSlices) is not built yet.
+//! Built so far: Nodes, Namespaces and the pod → services mapper from Endpoints
+//! ([`mapper`]); EndpointSlices (`kubernetes_use_endpoint_slices`) are not built yet.
 //!
 //! It implements the node-agent API's [`MetadataSource`] seam, as `autoscaling` implements
 //! the metrics API's: a subsystem above the server it feeds.
 
-use std::sync::Arc;
+pub(crate) mod mapper;
+
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node};
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::node_api::metadata::MetadataSource;
+use crate::node_api::metadata::{MetadataSource, ServiceMap};
+
+/// How long the mapper waits after a change for more before it rebuilds the map, so a
+/// burst of Endpoints updates (a rollout) costs one rebuild.
+const REBUILD_DEBOUNCE: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MetadataError {
@@ -34,6 +42,8 @@ pub(crate) struct ClusterMetadata {
     /// Both first lists completed (before that, "not found" would be a guess).
     nodes_synced: Arc<AtomicBool>,
     namespaces_synced: Arc<AtomicBool>,
+    /// The latest map; `None` until the first list of Endpoints is in.
+    services: Arc<RwLock<Option<Arc<ServiceMap>>>>,
 }
 
 impl MetadataSource for ClusterMetadata {
@@ -48,17 +58,28 @@ impl MetadataSource for ClusterMetadata {
     fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
         self.namespaces.get(&reflector::ObjectRef::new(name))
     }
+
+    fn services(&self) -> Option<Arc<ServiceMap>> {
+        self.services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
-/// Starts the watches; each future runs until `shutdown` and fails only if its stream ends.
-pub(crate) fn spawn(
-    client: kube::Client,
-    shutdown: CancellationToken,
-) -> (
-    ClusterMetadata,
-    impl Future<Output = Result<(), MetadataError>> + Send,
-    impl Future<Output = Result<(), MetadataError>> + Send,
-) {
+/// A watch or the mapper: runs until `shutdown`, and fails only if its stream ends.
+pub(crate) type Task = futures::future::BoxFuture<'static, Result<(), MetadataError>>;
+
+/// The watches and the mapper, to supervise.
+pub(crate) struct Tasks {
+    pub(crate) nodes: Task,
+    pub(crate) namespaces: Task,
+    pub(crate) endpoints: Task,
+    pub(crate) mapper: Task,
+}
+
+/// Starts the watches and the mapper.
+pub(crate) fn spawn(client: kube::Client, shutdown: CancellationToken) -> (ClusterMetadata, Tasks) {
     let (nodes, node_writer) = reflector::store();
     let (namespaces, namespace_writer) = reflector::store();
     let nodes_synced = Arc::new(AtomicBool::new(false));
@@ -68,13 +89,34 @@ pub(crate) fn spawn(
         Api::<Node>::all(client.clone()),
         node_writer,
         Arc::clone(&nodes_synced),
+        None,
         shutdown.clone(),
     );
     let namespace_task = watch(
         "Namespace",
-        Api::<Namespace>::all(client),
+        Api::<Namespace>::all(client.clone()),
         namespace_writer,
         Arc::clone(&namespaces_synced),
+        None,
+        shutdown.clone(),
+    );
+    let (endpoints, endpoints_writer) = reflector::store();
+    let endpoints_synced = Arc::new(AtomicBool::new(false));
+    let changed = Arc::new(Notify::new());
+    let endpoints_task = watch(
+        "Endpoints",
+        Api::<Endpoints>::all(client),
+        endpoints_writer,
+        Arc::clone(&endpoints_synced),
+        Some(Arc::clone(&changed)),
+        shutdown.clone(),
+    );
+    let services = Arc::new(RwLock::new(None));
+    let mapper_task = rebuild(
+        endpoints,
+        endpoints_synced,
+        changed,
+        Arc::clone(&services),
         shutdown,
     );
     let metadata = ClusterMetadata {
@@ -82,8 +124,15 @@ pub(crate) fn spawn(
         namespaces,
         nodes_synced,
         namespaces_synced,
+        services,
     };
-    (metadata, node_task, namespace_task)
+    let tasks = Tasks {
+        nodes: Box::pin(node_task),
+        namespaces: Box::pin(namespace_task),
+        endpoints: Box::pin(endpoints_task),
+        mapper: Box::pin(mapper_task),
+    };
+    (metadata, tasks)
 }
 
 /// Keeps `writer`'s store current. kube-runtime's watcher re-lists after a dropped watch or
@@ -94,6 +143,7 @@ async fn watch<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
     synced: Arc<AtomicBool>,
+    changed: Option<Arc<Notify>>,
     shutdown: CancellationToken,
 ) -> Result<(), MetadataError>
 where
@@ -123,8 +173,50 @@ where
             Some(Err(e)) => {
                 tracing::warn!(kind, error = %e, "watch failed; retrying with backoff");
             }
-            Some(Ok(watcher::Event::InitDone)) => synced.store(true, Ordering::Release),
-            Some(Ok(_)) => {}
+            // The store holds the whole new list only from InitDone on, so a re-list is
+            // never seen half done.
+            Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+            Some(Ok(watcher::Event::InitDone)) => {
+                synced.store(true, Ordering::Release);
+                if let Some(changed) = &changed {
+                    changed.notify_one();
+                }
+            }
+            Some(Ok(_)) => {
+                if let Some(changed) = &changed
+                    && synced.load(Ordering::Acquire)
+                {
+                    changed.notify_one();
+                }
+            }
         }
+    }
+}
+
+/// Rebuilds the pod → services map from the Endpoints store after each burst of changes
+/// and publishes it whole: readers hold the map they took, never a half-built one.
+async fn rebuild(
+    endpoints: Store<Endpoints>,
+    synced: Arc<AtomicBool>,
+    changed: Arc<Notify>,
+    services: Arc<RwLock<Option<Arc<ServiceMap>>>>,
+    shutdown: CancellationToken,
+) -> Result<(), MetadataError> {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            () = changed.notified() => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(REBUILD_DEBOUNCE) => {}
+        }
+        if !synced.load(Ordering::Acquire) {
+            continue;
+        }
+        let state = endpoints.state();
+        let map = Arc::new(mapper::build(state.iter().map(|e| &**e)));
+        tracing::debug!(nodes = map.nodes.len(), "metadata map rebuilt");
+        *services.write().unwrap_or_else(PoisonError::into_inner) = Some(map);
     }
 }

@@ -1,16 +1,26 @@
 //! The node and namespace routes: labels, filtered annotations and namespace metadata, in
 //! the Go DCA's shapes, from whatever implements [`MetadataSource`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use k8s_openapi::api::core::v1::{Namespace, Node};
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 
 use crate::apiserver::response::{Body, json_response};
 use crate::node_api::go_error;
+
+/// The services of each pod of one node: namespace → pod → service names.
+pub(crate) type PodServices = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
+
+/// Every node's [`PodServices`], built from the ready endpoints of each Service.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ServiceMap {
+    pub(crate) nodes: HashMap<String, PodServices>,
+}
 
 /// Where the node-agent API finds the cluster's objects.
 pub(crate) trait MetadataSource: Send + Sync + 'static {
@@ -18,6 +28,9 @@ pub(crate) trait MetadataSource: Send + Sync + 'static {
     fn synced(&self) -> bool;
     fn node(&self, name: &str) -> Option<Arc<Node>>;
     fn namespace(&self, name: &str) -> Option<Arc<Namespace>>;
+    /// The pod → services map, shared (never copied per request); `None` until the first
+    /// list of endpoints.
+    fn services(&self) -> Option<Arc<ServiceMap>>;
 }
 
 /// The routes of this module, parsed from a path (segments are not decoded: Kubernetes
@@ -28,10 +41,33 @@ pub(crate) enum MetadataRoute<'a> {
     NodeAnnotations(&'a str),
     NamespaceLabels(&'a str),
     NamespaceMetadata(&'a str),
+    /// `/api/v1/tags/pod/{node}`: the node's bundle.
+    PodsOfNode(&'a str),
+    /// `/api/v1/tags/pod/{node}/{ns}/{pod}`: `kube_service:` tags.
+    PodTags {
+        node: &'a str,
+        namespace: &'a str,
+        pod: &'a str,
+    },
 }
 
 pub(crate) fn parse(path: &str) -> Option<MetadataRoute<'_>> {
     let rest = path.strip_prefix("/api/v1/")?;
+    if let Some(pods) = rest.strip_prefix("tags/pod/") {
+        let parts: Vec<&str> = pods.split('/').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return None;
+        }
+        return match parts.as_slice() {
+            [node] => Some(MetadataRoute::PodsOfNode(node)),
+            [node, namespace, pod] => Some(MetadataRoute::PodTags {
+                node,
+                namespace,
+                pod,
+            }),
+            _ => None,
+        };
+    }
     let (kind, name) = rest.rsplit_once('/')?;
     if name.is_empty() {
         return None;
@@ -57,6 +93,56 @@ struct EntityMeta<'a> {
 
 static EMPTY: BTreeMap<String, String> = BTreeMap::new();
 
+/// A Go `sets.Set[string]` on the wire: `{"a":{},"b":{}}`.
+struct GoSet<'a>(&'a BTreeSet<String>);
+
+impl Serialize for GoSet<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Empty {}
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for name in self.0 {
+            map.serialize_entry(name, &Empty {})?;
+        }
+        map.end()
+    }
+}
+
+/// `apiv1.MetadataResponseBundle`.
+struct Bundle<'a>(&'a PodServices);
+
+impl Serialize for Bundle<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Namespaces<'a>(&'a PodServices);
+        struct Pods<'a>(&'a BTreeMap<String, BTreeSet<String>>);
+        impl Serialize for Pods<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(pod, set)| (pod, GoSet(set))))
+            }
+        }
+        impl Serialize for Namespaces<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(ns, pods)| (ns, Pods(pods))))
+            }
+        }
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry("services", &Namespaces(self.0))?;
+        map.end()
+    }
+}
+
+/// `apiv1.MetadataResponse` for one node: the node's bundle, or a warning when the node is
+/// unknown (still a 200, as Go answers).
+#[derive(Serialize)]
+struct MetadataResponse<'a> {
+    #[serde(rename = "Nodes", skip_serializing_if = "BTreeMap::is_empty")]
+    nodes: BTreeMap<&'a str, Bundle<'a>>,
+    #[serde(rename = "Warnings", skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+static NO_PODS: PodServices = BTreeMap::new();
+
 fn json<T: Serialize>(value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {
         Ok(body) => json_response(StatusCode::OK, Bytes::from(body), false),
@@ -78,6 +164,45 @@ pub(crate) fn answer(
         );
     }
     match route {
+        MetadataRoute::PodsOfNode(node) | MetadataRoute::PodTags { node, .. } => {
+            let Some(map) = source.services() else {
+                return go_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the metadata mapper is not synced yet",
+                    false,
+                );
+            };
+            let pods = map.nodes.get(node);
+            if let MetadataRoute::PodTags { namespace, pod, .. } = route {
+                // Go answers `null` when nothing is known of the pod.
+                let tags: Option<Vec<String>> = pods
+                    .and_then(|p| p.get(namespace))
+                    .and_then(|p| p.get(pod))
+                    .map(|services| {
+                        services
+                            .iter()
+                            .map(|s| format!("kube_service:{s}"))
+                            .collect()
+                    });
+                return json(&tags);
+            }
+            // A known node without pods is an empty bundle; an unknown one a warning.
+            let bundle = pods.or_else(|| source.node(node).map(|_| &NO_PODS));
+            let response = match bundle {
+                Some(pods) => MetadataResponse {
+                    nodes: BTreeMap::from([(node, Bundle(pods))]),
+                    warnings: Vec::new(),
+                },
+                None => MetadataResponse {
+                    nodes: BTreeMap::new(),
+                    warnings: vec![format!(
+                        "Node {node} could not be added to the metadata map bundle: the key \
+                         agent/KubernetesMetadataMapping/{node} was not found in the cache"
+                    )],
+                },
+            };
+            json(&response)
+        }
         MetadataRoute::NodeLabels(name) | MetadataRoute::NodeAnnotations(name) => {
             let Some(node) = source.node(name) else {
                 return not_found("nodes", name);
@@ -160,7 +285,19 @@ mod tests {
             ("/api/v1/tags/node/", None),
             ("/api/v1/tags/node", None),
             ("/api/v1/tags/node/a/b", None),
-            ("/api/v1/tags/pod/n1", None),
+            ("/api/v1/tags/pod/n1", Some(MetadataRoute::PodsOfNode("n1"))),
+            (
+                "/api/v1/tags/pod/n1/default/web-1",
+                Some(MetadataRoute::PodTags {
+                    node: "n1",
+                    namespace: "default",
+                    pod: "web-1",
+                }),
+            ),
+            ("/api/v1/tags/pod/n1/default", None),
+            ("/api/v1/tags/pod/n1//web-1", None),
+            ("/api/v1/tags/pod/", None),
+            ("/api/v1/tags/pod", None),
             ("/version", None),
         ];
         for (path, want) in cases {
@@ -192,6 +329,21 @@ mod tests {
     impl MetadataSource for Fixed {
         fn synced(&self) -> bool {
             self.synced
+        }
+        fn services(&self) -> Option<Arc<ServiceMap>> {
+            let set = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+            let pods = BTreeMap::from([(
+                "default".to_owned(),
+                BTreeMap::from([
+                    ("web-1".to_owned(), set(&["web", "web-internal"])),
+                    ("db-0".to_owned(), set(&["db"])),
+                ]),
+            )]);
+            self.synced.then(|| {
+                Arc::new(ServiceMap {
+                    nodes: HashMap::from([("n1".to_owned(), pods)]),
+                })
+            })
         }
         fn node(&self, name: &str) -> Option<Arc<Node>> {
             (name == "n1").then(|| {
@@ -263,6 +415,34 @@ mod tests {
                 MetadataRoute::NamespaceLabels("gone"),
                 500,
                 "\"/namespaces//gone\" not found\n",
+            ),
+            (
+                MetadataRoute::PodsOfNode("n1"),
+                200,
+                r#"{"Nodes":{"n1":{"services":{"default":{"db-0":{"db":{}},"web-1":{"web":{},"web-internal":{}}}}}}}"#,
+            ),
+            (
+                MetadataRoute::PodsOfNode("n9"),
+                200,
+                r#"{"Warnings":["Node n9 could not be added to the metadata map bundle: the key agent/KubernetesMetadataMapping/n9 was not found in the cache"]}"#,
+            ),
+            (
+                MetadataRoute::PodTags {
+                    node: "n1",
+                    namespace: "default",
+                    pod: "web-1",
+                },
+                200,
+                r#"["kube_service:web","kube_service:web-internal"]"#,
+            ),
+            (
+                MetadataRoute::PodTags {
+                    node: "n1",
+                    namespace: "default",
+                    pod: "gone",
+                },
+                200,
+                "null",
             ),
         ];
         for (route, code, want) in cases {

@@ -254,6 +254,9 @@ mod tests {
         fn namespace(&self, _: &str) -> Option<Arc<k8s_openapi::api::core::v1::Namespace>> {
             None
         }
+        fn services(&self) -> Option<Arc<crate::node_api::metadata::ServiceMap>> {
+            None
+        }
     }
 
     fn call_with(
@@ -366,7 +369,7 @@ mod tests {
     #[test]
     fn unknown_paths_and_methods_answer_as_gorilla_does() {
         let auth = format!("Bearer {TOKEN}");
-        let (status, body) = call(Method::GET, "/api/v1/tags/pod/node1", Some(&auth));
+        let (status, body) = call(Method::GET, "/api/v1/clusterchecks", Some(&auth));
         assert_eq!(
             (status, body.as_str()),
             (StatusCode::NOT_FOUND, "404 page not found\n")

@@ -62,33 +62,34 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
         settings.cluster_agent.auth_token.as_ref(),
         &settings.config_dir,
     )?;
-    let (metadata, watches) = crate::metadata::spawn(client.clone(), shutdown.clone());
+    let (metadata, watches) = crate::metadata::spawn(
+        client.clone(),
+        settings.kubernetes_collect_metadata_tags,
+        shutdown.clone(),
+    );
+    let crate::metadata::Tasks {
+        nodes,
+        namespaces,
+        mapper,
+    } = watches;
     tasks.spawn(
-        async move { ("node watch", watches.nodes.await.map_err(Into::into)) }
+        async move { ("node watch", nodes.await.map_err(Into::into)) }
             .instrument(tracing::info_span!("node_watch")),
     );
     tasks.spawn(
-        async move {
-            (
-                "namespace watch",
-                watches.namespaces.await.map_err(Into::into),
-            )
-        }
-        .instrument(tracing::info_span!("namespace_watch")),
+        async move { ("namespace watch", namespaces.await.map_err(Into::into)) }
+            .instrument(tracing::info_span!("namespace_watch")),
     );
-    tasks.spawn(
-        async move {
-            (
-                "endpoints watch",
-                watches.endpoints.await.map_err(Into::into),
-            )
-        }
-        .instrument(tracing::info_span!("endpoints_watch")),
-    );
-    tasks.spawn(
-        async move { ("metadata mapper", watches.mapper.await.map_err(Into::into)) }
-            .instrument(tracing::info_span!("metadata_mapper")),
-    );
+    if let Some((endpoints, rebuild)) = mapper {
+        tasks.spawn(
+            async move { ("endpoints watch", endpoints.await.map_err(Into::into)) }
+                .instrument(tracing::info_span!("endpoints_watch")),
+        );
+        tasks.spawn(
+            async move { ("metadata mapper", rebuild.await.map_err(Into::into)) }
+                .instrument(tracing::info_span!("metadata_mapper")),
+        );
+    }
     let node_settings = settings.clone();
     let node_namespace = namespace.clone();
     let node_client = client.clone();

@@ -352,7 +352,6 @@ pub const NOT_YET_USED: &[&str] = &[
     "hostname",
     "cluster_name",
     "cluster_agent.token_name",
-    "kubernetes_collect_metadata_tags",
     "kubernetes_use_endpoint_slices",
     "collect_kubernetes_events",
     "kubernetes_informers_resync_period",

@@ -22,7 +22,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::node_api::metadata::{MetadataSource, ServiceMap};
+use crate::node_api::metadata::{MapperUnavailable, MetadataSource, ServiceMap};
 
 /// How long the mapper waits after a change for more before it rebuilds the map, so a
 /// burst of Endpoints updates (a rollout) costs one rebuild.
@@ -44,6 +44,8 @@ pub(crate) struct ClusterMetadata {
     namespaces_synced: Arc<AtomicBool>,
     /// The latest map; `None` until the first list of Endpoints is in.
     services: Arc<RwLock<Option<Arc<ServiceMap>>>>,
+    /// `kubernetes_collect_metadata_tags`.
+    mapper_enabled: bool,
 }
 
 impl MetadataSource for ClusterMetadata {
@@ -59,27 +61,35 @@ impl MetadataSource for ClusterMetadata {
         self.namespaces.get(&reflector::ObjectRef::new(name))
     }
 
-    fn services(&self) -> Option<Arc<ServiceMap>> {
+    fn services(&self) -> Result<Arc<ServiceMap>, MapperUnavailable> {
+        if !self.mapper_enabled {
+            return Err(MapperUnavailable::Disabled);
+        }
         self.services
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+            .ok_or(MapperUnavailable::NotSynced)
     }
 }
 
 /// A watch or the mapper: runs until `shutdown`, and fails only if its stream ends.
 pub(crate) type Task = futures::future::BoxFuture<'static, Result<(), MetadataError>>;
 
-/// The watches and the mapper, to supervise.
+/// The watches and the mapper, to supervise (the last two only when the mapper is on).
 pub(crate) struct Tasks {
     pub(crate) nodes: Task,
     pub(crate) namespaces: Task,
-    pub(crate) endpoints: Task,
-    pub(crate) mapper: Task,
+    pub(crate) mapper: Option<(Task, Task)>,
 }
 
-/// Starts the watches and the mapper.
-pub(crate) fn spawn(client: kube::Client, shutdown: CancellationToken) -> (ClusterMetadata, Tasks) {
+/// Starts the watches, and the pod → services mapper when `mapper_enabled`
+/// (`kubernetes_collect_metadata_tags`).
+pub(crate) fn spawn(
+    client: kube::Client,
+    mapper_enabled: bool,
+    shutdown: CancellationToken,
+) -> (ClusterMetadata, Tasks) {
     let (nodes, node_writer) = reflector::store();
     let (namespaces, namespace_writer) = reflector::store();
     let nodes_synced = Arc::new(AtomicBool::new(false));
@@ -125,12 +135,16 @@ pub(crate) fn spawn(client: kube::Client, shutdown: CancellationToken) -> (Clust
         nodes_synced,
         namespaces_synced,
         services,
+        mapper_enabled,
     };
     let tasks = Tasks {
         nodes: Box::pin(node_task),
         namespaces: Box::pin(namespace_task),
-        endpoints: Box::pin(endpoints_task),
-        mapper: Box::pin(mapper_task),
+        mapper: mapper_enabled.then(|| {
+            let endpoints: Task = Box::pin(endpoints_task);
+            let mapper: Task = Box::pin(mapper_task);
+            (endpoints, mapper)
+        }),
     };
     (metadata, tasks)
 }

@@ -28,9 +28,17 @@ pub(crate) trait MetadataSource: Send + Sync + 'static {
     fn synced(&self) -> bool;
     fn node(&self, name: &str) -> Option<Arc<Node>>;
     fn namespace(&self, name: &str) -> Option<Arc<Namespace>>;
-    /// The pod → services map, shared (never copied per request); `None` until the first
-    /// list of endpoints.
-    fn services(&self) -> Option<Arc<ServiceMap>>;
+    /// The pod → services map, shared (never copied per request).
+    fn services(&self) -> Result<Arc<ServiceMap>, MapperUnavailable>;
+}
+
+/// Why there is no pod → services map to answer from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MapperUnavailable {
+    /// The first list of endpoints is not in yet.
+    NotSynced,
+    /// `kubernetes_collect_metadata_tags` is false.
+    Disabled,
 }
 
 /// The routes of this module, parsed from a path (segments are not decoded: Kubernetes
@@ -165,12 +173,22 @@ pub(crate) fn answer(
     }
     match route {
         MetadataRoute::PodsOfNode(node) | MetadataRoute::PodTags { node, .. } => {
-            let Some(map) = source.services() else {
-                return go_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the metadata mapper is not synced yet",
-                    false,
-                );
+            let map = match source.services() {
+                Ok(map) => map,
+                Err(MapperUnavailable::NotSynced) => {
+                    return go_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the metadata mapper is not synced yet",
+                        false,
+                    );
+                }
+                Err(MapperUnavailable::Disabled) => {
+                    return go_error(
+                        StatusCode::NOT_FOUND,
+                        "the metadata mapper is disabled (kubernetes_collect_metadata_tags)",
+                        false,
+                    );
+                }
             };
             let pods = map.nodes.get(node);
             if let MetadataRoute::PodTags { namespace, pod, .. } = route {
@@ -330,7 +348,7 @@ mod tests {
         fn synced(&self) -> bool {
             self.synced
         }
-        fn services(&self) -> Option<Arc<ServiceMap>> {
+        fn services(&self) -> Result<Arc<ServiceMap>, MapperUnavailable> {
             let set = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
             let pods = BTreeMap::from([(
                 "default".to_owned(),
@@ -339,11 +357,12 @@ mod tests {
                     ("db-0".to_owned(), set(&["db"])),
                 ]),
             )]);
-            self.synced.then(|| {
-                Arc::new(ServiceMap {
-                    nodes: HashMap::from([("n1".to_owned(), pods)]),
-                })
-            })
+            if !self.synced {
+                return Err(MapperUnavailable::NotSynced);
+            }
+            Ok(Arc::new(ServiceMap {
+                nodes: HashMap::from([("n1".to_owned(), pods)]),
+            }))
         }
         fn node(&self, name: &str) -> Option<Arc<Node>> {
             (name == "n1").then(|| {

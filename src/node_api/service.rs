@@ -254,8 +254,13 @@ mod tests {
         fn namespace(&self, _: &str) -> Option<Arc<k8s_openapi::api::core::v1::Namespace>> {
             None
         }
-        fn services(&self) -> Option<Arc<crate::node_api::metadata::ServiceMap>> {
-            None
+        fn services(
+            &self,
+        ) -> Result<
+            Arc<crate::node_api::metadata::ServiceMap>,
+            crate::node_api::metadata::MapperUnavailable,
+        > {
+            Err(crate::node_api::metadata::MapperUnavailable::Disabled)
         }
     }
 
@@ -389,6 +394,15 @@ mod tests {
         );
         let (status, _) = call(Method::DELETE, "/api/v1/tags/node/n9", Some(&auth));
         assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        // kubernetes_collect_metadata_tags=false: the pod routes say so.
+        let (status, body) = call(Method::GET, "/api/v1/tags/pod/n1", Some(&auth));
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                StatusCode::NOT_FOUND,
+                "the metadata mapper is disabled (kubernetes_collect_metadata_tags)\n"
+            )
+        );
     }
 
     #[test]

@@ -45,6 +45,11 @@ use kube::api::DeleteParams;
 use tokio_util::sync::CancellationToken;
 
 const GENEROUS: Duration = Duration::from_secs(180);
+
+/// The tests of this file run one at a time: each starts a control plane and two or three
+/// agents, and the failover test measures the takeover against the lease and retry period,
+/// which the other test's processes would otherwise delay on a 2-core machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const APPS: &str = "apps";
 const WEB_METRIC: &str = "nginx.net.request_per_s";
 const QUEUE_METRIC: &str = "queue.depth";
@@ -251,6 +256,7 @@ const QUEUE_QUERY: &str = "avg:queue.depth{queue:orders}.rollup(30)";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_scale_hpas_fail_over_and_hand_over() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let binary = agent_binary().await.unwrap();
     let cp = ControlPlane::start().await.unwrap();
     cp.create_namespace(APPS).await.unwrap();
@@ -533,6 +539,7 @@ const GC_PERIOD_SECS: i64 = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn datadog_faults_never_scale_hpas() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let binary = agent_binary().await.unwrap();
     let cp = ControlPlane::start().await.unwrap();
     cp.create_namespace(APPS).await.unwrap();

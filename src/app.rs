@@ -62,9 +62,15 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
         settings.cluster_agent.auth_token.as_ref(),
         &settings.config_dir,
     )?;
+    let local_token = crate::node_api::token::local(&settings.auth_token_file_path)?;
+    let mapper_source = crate::metadata::MapperSource::choose(
+        settings.kubernetes_use_endpoint_slices,
+        capabilities.endpoint_slices,
+    );
     let (metadata, watches) = crate::metadata::spawn(
         client.clone(),
         settings.kubernetes_collect_metadata_tags,
+        mapper_source,
         shutdown.clone(),
     );
     let crate::metadata::Tasks {
@@ -101,6 +107,7 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
                 node_client,
                 &node_namespace,
                 token,
+                local_token,
                 Arc::new(metadata),
                 stop,
             )

@@ -64,7 +64,7 @@ fn help_lists_the_commands() {
         .collect();
     assert_eq!(
         commands,
-        ["start", "version", "config", "help"],
+        ["start", "version", "config", "metamap", "help"],
         "--help:\n{text}"
     );
     for flag in ["-c, --cfgpath <PATH>", "-n, --no-color"] {
@@ -270,4 +270,51 @@ fn a_malformed_setting_nothing_reads_yet_does_not_stop_start() {
         err.contains("cannot find a Kubernetes configuration"),
         "{err}"
     );
+}
+
+/// Without a running agent, `metamap` says so in one line, naming what it looked for.
+#[test]
+fn metamap_without_an_agent_fails_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("auth_token");
+    let token_path = token_file.to_str().unwrap();
+    // Nothing listens on a port just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let env = [
+        ("DD_AUTH_TOKEN_FILE_PATH", token_path),
+        ("DD_CLUSTER_AGENT_CMD_PORT", port.as_str()),
+        ("RUST_BACKTRACE", "full"),
+    ];
+    // No token file: the agent never ran with this configuration.
+    let out = run(&["metamap"], &env);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_no_panic(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("Error: cannot read the local API token file")
+            && err.contains(token_path)
+            && err.contains("is the cluster agent running"),
+        "{err}"
+    );
+    // A token, but no agent.
+    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef0123").unwrap();
+    let out = run(&["metamap", "node-1"], &env);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_no_panic(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "Error: cannot reach the cluster agent at https://127.0.0.1:{port}/api/v1/tags/pod/node-1 (is it running?)"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("0123456789abcdef"), "token echoed: {err}");
+    assert!(out.stdout.is_empty());
 }

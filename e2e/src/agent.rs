@@ -124,6 +124,8 @@ impl std::fmt::Debug for Agent {
     }
 }
 
+const LOCAL_TOKEN_ENV: &str = "DD_AUTH_TOKEN_FILE_PATH";
+
 impl Agent {
     /// Starts the agent and waits until it is ready.
     pub async fn spawn(settings: AgentSettings) -> Result<Self> {
@@ -195,6 +197,11 @@ impl Agent {
             }
         }
         command.envs(&self.settings.env);
+        // The agent writes its local CLI token beside its configuration, /etc/datadog-agent
+        // by default; a test agent keeps it in its run directory, where `metamap` finds it.
+        if !self.settings.env.contains_key(LOCAL_TOKEN_ENV) {
+            command.env(LOCAL_TOKEN_ENV, self.local_token_path());
+        }
         self.group.forget_exited();
         self.pid = self
             .group
@@ -253,6 +260,14 @@ impl Agent {
 
     pub fn log_path(&self) -> &Path {
         &self.log_path
+    }
+
+    /// Where the agent keeps the token of our own CLI (`DD_AUTH_TOKEN_FILE_PATH`).
+    pub fn local_token_path(&self) -> PathBuf {
+        self.settings
+            .env
+            .get(LOCAL_TOKEN_ENV)
+            .map_or_else(|| self.run_dir.join("auth_token"), PathBuf::from)
     }
 
     pub fn run_dir(&self) -> &Path {

@@ -39,6 +39,8 @@ use crate::process::{self, ProcessGroup};
 pub const KUBERNETES_VERSION: &str = "v1.20.2";
 
 /// The field manager for everything the harness applies.
+/// See where the API server is started.
+const ENDPOINT_SLICE_NODE_NAME: &str = "--feature-gates=EndpointSliceNodeName=true";
 const FIELD_MANAGER: &str = "dca-e2e-harness";
 
 /// Installs rustls' ring provider as the process default. kube 5 and reqwest (built with
@@ -797,6 +799,10 @@ impl ControlPlane {
                 dir_path.join("apiserver-certs").display()
             ))
             .arg("--endpoint-reconciler-type=none")
+            // 1.20's EndpointSlices (discovery.k8s.io/v1beta1) carry nodeName only with this
+            // alpha gate, on the API server (which keeps the field) and the controller
+            // manager (which sets it); `v1` (1.21+) always has it.
+            .arg(ENDPOINT_SLICE_NODE_NAME)
             .arg(format!("--etcd-servers={client_url}"))
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             .arg(format!("--tls-cert-file={}", p.apiserver_cert.display()))
@@ -884,6 +890,7 @@ impl ControlPlane {
             ))
             .arg("--leader-elect=false")
             .arg("--controllers=*")
+            .arg(ENDPOINT_SLICE_NODE_NAME)
             .arg("--use-service-account-credentials=true")
             .arg(format!(
                 "--service-account-private-key-file={}",

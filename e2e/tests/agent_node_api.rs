@@ -36,6 +36,29 @@ fn client(max_tls12: bool) -> reqwest::Client {
     builder.build().expect("reqwest client")
 }
 
+/// `datadog-cluster-agent metamap [node]` against `agent`, as an operator runs it in the
+/// agent's container; its stdout, after checking it exited 0.
+fn metamap(binary: &std::path::Path, agent: &Agent, cmd_port: u16, node: Option<&str>) -> String {
+    let mut command = std::process::Command::new(binary);
+    command
+        .arg("-c")
+        .arg(agent.run_dir())
+        .arg("metamap")
+        .args(node)
+        .env_clear()
+        .env("DD_AUTH_TOKEN_FILE_PATH", agent.local_token_path())
+        .env("DD_CLUSTER_AGENT_CMD_PORT", cmd_port.to_string())
+        .env("DD_BIND_HOST", "127.0.0.1");
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success(),
+        "metamap {node:?}: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -278,6 +301,45 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
     )
     .await
     .unwrap();
+    // A replica in EndpointSlices mode maps the same from the slices controller's objects
+    // (1.20: discovery.k8s.io/v1beta1, with nodeName through the harness's feature gate).
+    let slice_ports = AgentPorts::pick().unwrap();
+    let slice_settings = agent_settings(
+        &cp,
+        &binary,
+        "dca-e2e-node-api-slices",
+        &double,
+        &cert,
+        slice_ports,
+    )
+    .env("DD_KUBERNETES_USE_ENDPOINT_SLICES", "true");
+    let slice_agent = Agent::spawn(slice_settings).await.unwrap();
+    let from_slices =
+        NodeAgentClient::new(&format!("https://127.0.0.1:{}", slice_ports.cmd), TOKEN).unwrap();
+    eventually(
+        "node-a's pods map to their services, from EndpointSlices",
+        Duration::from_secs(120),
+        || {
+            let from_slices = from_slices.clone();
+            async move {
+                let bundle = from_slices.pods_metadata_for_node("node-a").await?;
+                Ok(wanted_a(&bundle).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let log = std::fs::read_to_string(slice_agent.log_path()).unwrap();
+    assert!(
+        log.contains("/apis/discovery.k8s.io/v1beta1/endpointslices")
+            && !log.contains("/api/v1/endpoints?"),
+        "the slices replica did not watch EndpointSlices alone: {}",
+        slice_agent.log_path().display()
+    );
+    assert_eq!(
+        from_slices.pods_metadata_for_node("node-b").await.unwrap(),
+        node_agent.pods_metadata_for_node("node-b").await.unwrap()
+    );
     let node_b = node_agent.pods_metadata_for_node("node-b").await.unwrap();
     assert_eq!(
         services_of(&node_b, "web-2"),
@@ -349,16 +411,64 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
         node_agent.pod_tags("node-a", "shop", "db-0").await.unwrap(),
         None
     );
+    eventually(
+        "the not-Ready pod and the deleted Service are gone, from EndpointSlices",
+        Duration::from_secs(120),
+        || {
+            let from_slices = from_slices.clone();
+            async move {
+                let bundle = from_slices.pods_metadata_for_node("node-a").await?;
+                let web_only = services_of(&bundle, "web-1") == Some(vec!["web".to_owned()]);
+                Ok((web_only && services_of(&bundle, "db-0").is_none()).then_some(()))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    drop(slice_agent);
 
-    // A route not built yet answers as gorilla/mux does, after the token check.
+    // `metamap` reads the running agent's map with the local token, in Go's format.
+    let one_node = metamap(&binary, &agent, ports.cmd, Some("node-a"));
+    assert_eq!(
+        one_node,
+        "===============\nMetadata Mapper\n===============\n\
+         \nNode detected: node-a\
+         \n  \
+         \n  - Namespace: shop\
+         \n      - Pod: web-1\n        Services: map[web:map[]]\
+         \n  \n"
+    );
+    let every_node = metamap(&binary, &agent, ports.cmd, None);
+    for node in ["node-a", "node-b"] {
+        let pod = if node == "node-a" { "web-1" } else { "web-2" };
+        let section = format!(
+            "\nNode detected: {node}\n  \n  - Namespace: shop\n      - Pod: {pod}\n        \
+             Services: map[web:map[]]\n  "
+        );
+        assert!(every_node.contains(&section), "{section:?} in {every_node}");
+    }
+    // The all-nodes route is our CLI's: the node agents' token does not open it.
+    let local_token = std::fs::read_to_string(agent.local_token_path()).unwrap();
+    for (token, code, body) in [
+        (TOKEN, 403, "invalid session token\n"),
+        (local_token.as_str(), 404, "404 page not found\n"),
+    ] {
+        let response = http
+            .get(format!("{endpoint}/api/v1/clusterchecks"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), code);
+        assert_eq!(response.text().await.unwrap(), body);
+    }
     let response = http
-        .get(format!("{endpoint}/api/v1/clusterchecks"))
+        .get(format!("{endpoint}/api/v1/tags/pod"))
         .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status().as_u16(), 404);
-    assert_eq!(response.text().await.unwrap(), "404 page not found\n");
+    assert_eq!(response.status().as_u16(), 403);
 
     // TLS 1.3 only, unless cluster_agent.allow_legacy_tls.
     let refused = client(true).get(&url).bearer_auth(TOKEN).send().await;

@@ -1,6 +1,7 @@
 //! The command line: one file per command.
 
 mod config;
+mod metamap;
 mod start;
 mod version;
 
@@ -34,6 +35,8 @@ pub enum Command {
     Version,
     /// Print the effective configuration (file + environment), secrets scrubbed, as YAML.
     Config(config::ConfigArgs),
+    /// Print the running agent's pod -> services map (every node, or one), as the Go DCA does.
+    Metamap(metamap::MetamapArgs),
 }
 
 /// Runs the parsed command. Errors are printed as one line, never as a panic.
@@ -42,6 +45,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Start => start::run(cli.cfgpath.as_deref(), !cli.no_color),
         Command::Version => version::run(),
         Command::Config(args) => config::run(cli.cfgpath.as_deref(), &args),
+        Command::Metamap(args) => metamap::run(cli.cfgpath.as_deref(), &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,6 +19,8 @@ pub(crate) const DEFAULT_CONFIG_DIR: &str = "/etc/datadog-agent";
 pub(crate) const CONFIG_FILE_NAME: &str = "datadog-cluster.yaml";
 /// File beside the config file that holds the node-agent token when none is configured.
 pub(crate) const AUTH_TOKEN_FILE_NAME: &str = "cluster_agent.auth_token";
+/// The local CLI token's file in the config folder, as the Go DCA names it.
+pub(crate) const LOCAL_TOKEN_FILE_NAME: &str = "auth_token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -210,6 +212,9 @@ pub struct Settings {
     pub leader_election: LeaderElectionSettings,
     pub kubernetes_informers_resync_period: Duration,
     pub kubernetes_kubeconfig_path: Option<PathBuf>,
+    /// The local CLI token's file (`auth_token_file_path`, else `auth_token` in
+    /// `config_dir`).
+    pub auth_token_file_path: PathBuf,
     pub kubernetes_apiserver_client_timeout: Duration,
     pub expvar_port: u16,
     pub metrics_port: u16,
@@ -409,6 +414,9 @@ impl Settings {
                 release_on_shutdown: r.bool("leader_election_release_on_shutdown")?,
             },
             kubernetes_informers_resync_period: r.duration("kubernetes_informers_resync_period")?,
+            auth_token_file_path: r
+                .opt_string("auth_token_file_path")
+                .map_or_else(|| config_dir.join(LOCAL_TOKEN_FILE_NAME), PathBuf::from),
             kubernetes_kubeconfig_path: r
                 .opt_string("kubernetes_kubeconfig_path")
                 .map(PathBuf::from),

@@ -120,6 +120,12 @@ pub static SPECS: &[Spec] = &[
         "Token node agents present (at least 32 ASCII letters and digits); default: the `cluster_agent.auth_token` file beside the config file, created (64 hex characters, mode 0600) when missing.",
     ),
     spec(
+        "auth_token_file_path",
+        Kind::Str,
+        "",
+        "File holding the local token of our own CLI (`metamap`), read by the CLI and accepted by the node-agent API; default: `auth_token` beside the config file, created (64 hex characters, mode 0600) when missing.",
+    ),
+    spec(
         "cluster_agent.token_name",
         Kind::Str,
         "datadogtoken",
@@ -148,7 +154,7 @@ pub static SPECS: &[Spec] = &[
         "kubernetes_use_endpoint_slices",
         Kind::Bool,
         "false",
-        "Map services from EndpointSlices instead of Endpoints.",
+        "Map services from EndpointSlices instead of Endpoints (`discovery.k8s.io/v1`, else `v1beta1`, as the API server offers; Endpoints, with a warning, when it offers neither).",
     ),
     spec(
         "collect_kubernetes_events",
@@ -352,7 +358,6 @@ pub const NOT_YET_USED: &[&str] = &[
     "hostname",
     "cluster_name",
     "cluster_agent.token_name",
-    "kubernetes_use_endpoint_slices",
     "collect_kubernetes_events",
     "kubernetes_informers_resync_period",
     "expvar_port",

@@ -2,13 +2,15 @@
 //! watches: Nodes (labels, annotations) and Namespaces (labels, annotations), answered from
 //! kube-runtime reflector stores (shared, never cloned per request).
 //!
-//! Built so far: Nodes, Namespaces and the pod → services mapper from Endpoints
-//! ([`mapper`]); EndpointSlices (`kubernetes_use_endpoint_slices`) are not built yet.
+//! Nodes, Namespaces, and the pod → services mapper ([`mapper`]) from Endpoints, or from
+//! EndpointSlices with `kubernetes_use_endpoint_slices` ([`slice`]: `discovery.k8s.io/v1`,
+//! else `v1beta1`, as the API server offers at start-up).
 //!
 //! It implements the node-agent API's [`MetadataSource`] seam, as `autoscaling` implements
 //! the metrics API's: a subsystem above the server it feeds.
 
 pub(crate) mod mapper;
+pub(crate) mod slice;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -22,6 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::k8s::EndpointSliceVersion;
 use crate::node_api::metadata::{MapperUnavailable, MetadataSource, ServiceMap};
 
 /// How long the mapper waits after a change for more before it rebuilds the map, so a
@@ -61,6 +64,14 @@ impl MetadataSource for ClusterMetadata {
         self.namespaces.get(&reflector::ObjectRef::new(name))
     }
 
+    fn node_names(&self) -> Vec<String> {
+        self.nodes
+            .state()
+            .iter()
+            .filter_map(|node| node.metadata.name.clone())
+            .collect()
+    }
+
     fn services(&self) -> Result<Arc<ServiceMap>, MapperUnavailable> {
         if !self.mapper_enabled {
             return Err(MapperUnavailable::Disabled);
@@ -83,11 +94,38 @@ pub(crate) struct Tasks {
     pub(crate) mapper: Option<(Task, Task)>,
 }
 
+/// What the pod → services mapper reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MapperSource {
+    Endpoints,
+    EndpointSlices(EndpointSliceVersion),
+}
+
+impl MapperSource {
+    /// EndpointSlices when `kubernetes_use_endpoint_slices` asks for them and the API
+    /// server offers them; else Endpoints, which every server has (with a warning when
+    /// slices were asked for, so nothing goes unmapped).
+    pub(crate) fn choose(use_slices: bool, offered: Option<EndpointSliceVersion>) -> Self {
+        match (use_slices, offered) {
+            (true, Some(version)) => MapperSource::EndpointSlices(version),
+            (true, None) => {
+                tracing::warn!(
+                    "kubernetes_use_endpoint_slices is true but the API server offers no \
+                     discovery.k8s.io EndpointSlices; mapping from Endpoints"
+                );
+                MapperSource::Endpoints
+            }
+            (false, _) => MapperSource::Endpoints,
+        }
+    }
+}
+
 /// Starts the watches, and the pod → services mapper when `mapper_enabled`
-/// (`kubernetes_collect_metadata_tags`).
+/// (`kubernetes_collect_metadata_tags`), reading `source`.
 pub(crate) fn spawn(
     client: kube::Client,
     mapper_enabled: bool,
+    source: MapperSource,
     shutdown: CancellationToken,
 ) -> (ClusterMetadata, Tasks) {
     let (nodes, node_writer) = reflector::store();
@@ -110,25 +148,34 @@ pub(crate) fn spawn(
         None,
         shutdown.clone(),
     );
-    let (endpoints, endpoints_writer) = reflector::store();
-    let endpoints_synced = Arc::new(AtomicBool::new(false));
-    let changed = Arc::new(Notify::new());
-    let endpoints_task = watch(
-        "Endpoints",
-        Api::<Endpoints>::all(client),
-        endpoints_writer,
-        Arc::clone(&endpoints_synced),
-        Some(Arc::clone(&changed)),
-        shutdown.clone(),
-    );
     let services = Arc::new(RwLock::new(None));
-    let mapper_task = rebuild(
-        endpoints,
-        endpoints_synced,
-        changed,
-        Arc::clone(&services),
-        shutdown,
-    );
+    let (endpoints_task, mapper_task) = match source {
+        MapperSource::Endpoints => mapper_tasks::<Endpoints>(
+            "Endpoints",
+            client,
+            |store| mapper::build(store.iter().map(|e| &**e)),
+            Arc::clone(&services),
+            shutdown,
+        ),
+        MapperSource::EndpointSlices(EndpointSliceVersion::V1) => {
+            mapper_tasks::<slice::EndpointSlice<slice::V1>>(
+                "EndpointSlice",
+                client,
+                |store| mapper::build_from_slices(store.iter().map(|e| &**e)),
+                Arc::clone(&services),
+                shutdown,
+            )
+        }
+        MapperSource::EndpointSlices(EndpointSliceVersion::V1beta1) => {
+            mapper_tasks::<slice::EndpointSlice<slice::V1beta1>>(
+                "EndpointSlice",
+                client,
+                |store| mapper::build_from_slices(store.iter().map(|e| &**e)),
+                Arc::clone(&services),
+                shutdown,
+            )
+        }
+    };
     let metadata = ClusterMetadata {
         nodes,
         namespaces,
@@ -140,13 +187,41 @@ pub(crate) fn spawn(
     let tasks = Tasks {
         nodes: Box::pin(node_task),
         namespaces: Box::pin(namespace_task),
-        mapper: mapper_enabled.then(|| {
-            let endpoints: Task = Box::pin(endpoints_task);
-            let mapper: Task = Box::pin(mapper_task);
-            (endpoints, mapper)
-        }),
+        mapper: mapper_enabled.then_some((endpoints_task, mapper_task)),
     };
     (metadata, tasks)
+}
+
+/// The watch of `K` and the task that rebuilds the map from its store with `build`.
+fn mapper_tasks<K>(
+    kind: &'static str,
+    client: kube::Client,
+    build: fn(&[Arc<K>]) -> ServiceMap,
+    services: Arc<RwLock<Option<Arc<ServiceMap>>>>,
+    shutdown: CancellationToken,
+) -> (Task, Task)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let synced = Arc::new(AtomicBool::new(false));
+    let changed = Arc::new(Notify::new());
+    let watch_task = watch(
+        kind,
+        Api::<K>::all(client),
+        writer,
+        Arc::clone(&synced),
+        Some(Arc::clone(&changed)),
+        shutdown.clone(),
+    );
+    let rebuild_task = rebuild(store, build, synced, changed, services, shutdown);
+    (Box::pin(watch_task), Box::pin(rebuild_task))
 }
 
 /// Keeps `writer`'s store current. kube-runtime's watcher re-lists after a dropped watch or
@@ -207,15 +282,19 @@ where
     }
 }
 
-/// Rebuilds the pod → services map from the Endpoints store after each burst of changes
-/// and publishes it whole: readers hold the map they took, never a half-built one.
-async fn rebuild(
-    endpoints: Store<Endpoints>,
+/// Rebuilds the pod → services map from the store after each burst of changes and
+/// publishes it whole: readers hold the map they took, never a half-built one.
+async fn rebuild<K>(
+    store: Store<K>,
+    build: fn(&[Arc<K>]) -> ServiceMap,
     synced: Arc<AtomicBool>,
     changed: Arc<Notify>,
     services: Arc<RwLock<Option<Arc<ServiceMap>>>>,
     shutdown: CancellationToken,
-) -> Result<(), MetadataError> {
+) -> Result<(), MetadataError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -228,8 +307,7 @@ async fn rebuild(
         if !synced.load(Ordering::Acquire) {
             continue;
         }
-        let state = endpoints.state();
-        let map = Arc::new(mapper::build(state.iter().map(|e| &**e)));
+        let map = Arc::new(build(&store.state()));
         tracing::debug!(nodes = map.nodes.len(), "metadata map rebuilt");
         *services.write().unwrap_or_else(PoisonError::into_inner) = Some(map);
     }

@@ -21,10 +21,46 @@ pub(crate) enum Refusal {
     InvalidToken,
 }
 
-/// Checks `Authorization: Bearer <token>`. Go splits the value on single spaces, wants
-/// `Bearer` as the first word and exactly two words, and compares the second with the
-/// token in constant time (its length aside, as Go's `subtle.ConstantTimeCompare`).
-pub(crate) fn check(headers: &HeaderMap, token: &[u8]) -> Result<(), Refusal> {
+/// Which token a path takes. The Go DCA's `isExternalPath`: what node agents and cluster
+/// check runners call takes the node agents' token; every other path (our CLI's) is
+/// internal and takes the local one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PathClass {
+    External,
+    Internal,
+}
+
+/// Go counts `/`-separated segments (so `/api/v1/tags/pod` is internal, its longer forms
+/// external). Unlike Go it looks at the path only: a query string does not change the
+/// token a route takes.
+pub(crate) fn classify(path: &str) -> PathClass {
+    let segments: Vec<&str> = path.split('/').collect();
+    let external = match segments.as_slice() {
+        ["", "version"] => true,
+        ["", "api", "v1", "languagedetection"] | ["", "api", "v2", "series"] => true,
+        ["", "api", "v1", "cluster", "id"] => true,
+        ["", "api", "v1", "tags", "pod", _] | ["", "api", "v1", "tags", "pod", _, _, _] => true,
+        ["", "api", "v1", "tags", "node" | "namespace", _] => true,
+        ["", "api", "v1", "annotations", "node", _] => true,
+        ["", "api", "v1", "metadata", "namespace", _] => true,
+        // The legacy pod metadata path of agents before 6.5 (no route serves it any more).
+        ["", "api", "v1", "metadata", _, _, _] => true,
+        ["", "api", "v1", "clusterchecks" | "endpointschecks", _, _] => true,
+        _ => false,
+    };
+    if external {
+        PathClass::External
+    } else {
+        PathClass::Internal
+    }
+}
+
+/// Checks `Authorization: Bearer <token>` against the tokens `accepted`. Go splits the
+/// value on single spaces, wants `Bearer` as the first word and exactly two words, and
+/// compares the second with the token in constant time (its length aside, as Go's
+/// `subtle.ConstantTimeCompare`). Every accepted token is compared, so the time does not
+/// tell which one matched.
+pub(crate) fn check(headers: &HeaderMap, accepted: &[&[u8]]) -> Result<(), Refusal> {
     let Some(value) = headers.get(AUTHORIZATION) else {
         return Err(Refusal::NoToken);
     };
@@ -40,7 +76,16 @@ pub(crate) fn check(headers: &HeaderMap, token: &[u8]) -> Result<(), Refusal> {
         return Err(Refusal::UnsupportedScheme(scheme.to_owned()));
     }
     match (words.next(), words.next()) {
-        (Some(presented), None) if bool::from(presented.as_bytes().ct_eq(token)) => Ok(()),
+        (Some(presented), None) => {
+            let matched = accepted.iter().fold(subtle::Choice::from(0), |any, token| {
+                any | presented.as_bytes().ct_eq(token)
+            });
+            if bool::from(matched) {
+                Ok(())
+            } else {
+                Err(Refusal::InvalidToken)
+            }
+        }
         _ => Err(Refusal::InvalidToken),
     }
 }
@@ -88,6 +133,50 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_take_the_token_go_gives_them() {
+        use PathClass::{External, Internal};
+        let cases: &[(&str, PathClass)] = &[
+            ("/version", External),
+            ("/api/v1/cluster/id", External),
+            ("/api/v1/tags/pod/node-1", External),
+            ("/api/v1/tags/pod/node-1/shop/web-0", External),
+            ("/api/v1/tags/node/node-1", External),
+            ("/api/v1/tags/namespace/shop", External),
+            ("/api/v1/annotations/node/node-1", External),
+            ("/api/v1/metadata/namespace/shop", External),
+            ("/api/v1/metadata/node-1/shop/web-0", External),
+            ("/api/v1/clusterchecks/status/node-1", External),
+            ("/api/v1/endpointschecks/configs/node-1", External),
+            ("/api/v1/languagedetection", External),
+            ("/api/v2/series", External),
+            // The CLI's: all pods of all nodes, status, flare, and anything unknown.
+            ("/api/v1/tags/pod", Internal),
+            ("/api/v1/tags/pod/", External),
+            ("/api/v1/tags/pod/node-1/shop", Internal),
+            ("/status", Internal),
+            ("/flare", Internal),
+            ("/api/v1/metadata", Internal),
+            ("/", Internal),
+            ("/version/extra", Internal),
+        ];
+        for (path, want) in cases {
+            assert_eq!(classify(path), *want, "{path}");
+        }
+    }
+
+    #[test]
+    fn either_accepted_token_passes_and_no_other() {
+        let local = b"0123456789abcdef0123456789abcdef0123456789abcdef".as_slice();
+        let both = [TOKEN, local];
+        let bearer = |t: &[u8]| with(&[b"Bearer ".as_slice(), t].concat());
+        assert_eq!(check(&bearer(TOKEN), &both), Ok(()));
+        assert_eq!(check(&bearer(local), &both), Ok(()));
+        assert_eq!(check(&bearer(local), &[TOKEN]), Err(Refusal::InvalidToken));
+        assert_eq!(check(&bearer(TOKEN), &[local]), Err(Refusal::InvalidToken));
+        assert_eq!(check(&bearer(b"x"), &[]), Err(Refusal::InvalidToken));
+    }
 
     const TOKEN: &[u8] = b"e2eTokenForTheClusterAgent0123456789abcdef";
 
@@ -138,7 +227,7 @@ mod tests {
         ];
         for (value, want) in cases {
             let headers = value.map(with).unwrap_or_default();
-            assert_eq!(&check(&headers, TOKEN), want, "{value:?}");
+            assert_eq!(&check(&headers, &[TOKEN]), want, "{value:?}");
         }
     }
 

@@ -28,6 +28,8 @@ pub(crate) trait MetadataSource: Send + Sync + 'static {
     fn synced(&self) -> bool;
     fn node(&self, name: &str) -> Option<Arc<Node>>;
     fn namespace(&self, name: &str) -> Option<Arc<Namespace>>;
+    /// The names of the nodes listed, in no particular order.
+    fn node_names(&self) -> Vec<String>;
     /// The pod → services map, shared (never copied per request).
     fn services(&self) -> Result<Arc<ServiceMap>, MapperUnavailable>;
 }
@@ -45,6 +47,8 @@ pub(crate) enum MapperUnavailable {
 /// names are plain DNS labels and subdomains).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MetadataRoute<'a> {
+    /// `/api/v1/tags/pod` (internal, for `metamap`): every node's bundle.
+    AllPods,
     NodeLabels(&'a str),
     NodeAnnotations(&'a str),
     NamespaceLabels(&'a str),
@@ -61,6 +65,9 @@ pub(crate) enum MetadataRoute<'a> {
 
 pub(crate) fn parse(path: &str) -> Option<MetadataRoute<'_>> {
     let rest = path.strip_prefix("/api/v1/")?;
+    if rest == "tags/pod" {
+        return Some(MetadataRoute::AllPods);
+    }
     if let Some(pods) = rest.strip_prefix("tags/pod/") {
         let parts: Vec<&str> = pods.split('/').collect();
         if parts.iter().any(|p| p.is_empty()) {
@@ -133,20 +140,66 @@ impl Serialize for Bundle<'_> {
                 serializer.collect_map(self.0.iter().map(|(ns, pods)| (ns, Pods(pods))))
             }
         }
-        let mut map = serializer.serialize_map(Some(1))?;
-        map.serialize_entry("services", &Namespaces(self.0))?;
+        // Go's `services,omitempty`: a node without pods is `{}`.
+        let mut map = serializer.serialize_map(Some(usize::from(!self.0.is_empty())))?;
+        if !self.0.is_empty() {
+            map.serialize_entry("services", &Namespaces(self.0))?;
+        }
         map.end()
     }
 }
 
-/// `apiv1.MetadataResponse` for one node: the node's bundle, or a warning when the node is
-/// unknown (still a 200, as Go answers).
-#[derive(Serialize)]
+/// `apiv1.MetadataResponse`: node bundles, warnings for unknown nodes (still a 200, as Go
+/// answers), and on the all-nodes route the error that stopped it.
+#[derive(Serialize, Default)]
 struct MetadataResponse<'a> {
     #[serde(rename = "Nodes", skip_serializing_if = "BTreeMap::is_empty")]
     nodes: BTreeMap<&'a str, Bundle<'a>>,
     #[serde(rename = "Warnings", skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
+    #[serde(rename = "Errors", skip_serializing_if = "str::is_empty")]
+    errors: &'a str,
+}
+
+const NOT_SYNCED: &str = "the cluster metadata is not synced yet";
+const MAPPER_NOT_SYNCED: &str = "the metadata mapper is not synced yet";
+const MAPPER_DISABLED: &str = "the metadata mapper is disabled (kubernetes_collect_metadata_tags)";
+
+/// The all-nodes route answers its errors in JSON (`Errors`), which `metamap` renders, as
+/// the Go DCA's `getAllMetadata` does.
+fn all_pods(source: &dyn MetadataSource) -> Response<Body> {
+    let failure = |code: StatusCode, errors: &str| {
+        let mut response = json(&MetadataResponse {
+            errors,
+            ..MetadataResponse::default()
+        });
+        *response.status_mut() = code;
+        response
+    };
+    if !source.synced() {
+        return failure(StatusCode::SERVICE_UNAVAILABLE, NOT_SYNCED);
+    }
+    let map = match source.services() {
+        Ok(map) => map,
+        Err(MapperUnavailable::NotSynced) => {
+            return failure(StatusCode::SERVICE_UNAVAILABLE, MAPPER_NOT_SYNCED);
+        }
+        Err(MapperUnavailable::Disabled) => {
+            return failure(StatusCode::NOT_FOUND, MAPPER_DISABLED);
+        }
+    };
+    let names = source.node_names();
+    let nodes = names
+        .iter()
+        .map(|name| {
+            let pods = map.nodes.get(name).unwrap_or(&NO_PODS);
+            (name.as_str(), Bundle(pods))
+        })
+        .collect();
+    json(&MetadataResponse {
+        nodes,
+        ..MetadataResponse::default()
+    })
 }
 
 static NO_PODS: PodServices = BTreeMap::new();
@@ -164,30 +217,22 @@ pub(crate) fn answer(
     route: MetadataRoute<'_>,
     host_alias_annotations: &[String],
 ) -> Response<Body> {
+    if route == MetadataRoute::AllPods {
+        return all_pods(source);
+    }
     if !source.synced() {
-        return go_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the cluster metadata is not synced yet",
-            false,
-        );
+        return go_error(StatusCode::SERVICE_UNAVAILABLE, NOT_SYNCED, false);
     }
     match route {
+        MetadataRoute::AllPods => all_pods(source),
         MetadataRoute::PodsOfNode(node) | MetadataRoute::PodTags { node, .. } => {
             let map = match source.services() {
                 Ok(map) => map,
                 Err(MapperUnavailable::NotSynced) => {
-                    return go_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the metadata mapper is not synced yet",
-                        false,
-                    );
+                    return go_error(StatusCode::SERVICE_UNAVAILABLE, MAPPER_NOT_SYNCED, false);
                 }
                 Err(MapperUnavailable::Disabled) => {
-                    return go_error(
-                        StatusCode::NOT_FOUND,
-                        "the metadata mapper is disabled (kubernetes_collect_metadata_tags)",
-                        false,
-                    );
+                    return go_error(StatusCode::NOT_FOUND, MAPPER_DISABLED, false);
                 }
             };
             let pods = map.nodes.get(node);
@@ -209,14 +254,14 @@ pub(crate) fn answer(
             let response = match bundle {
                 Some(pods) => MetadataResponse {
                     nodes: BTreeMap::from([(node, Bundle(pods))]),
-                    warnings: Vec::new(),
+                    ..MetadataResponse::default()
                 },
                 None => MetadataResponse {
-                    nodes: BTreeMap::new(),
                     warnings: vec![format!(
                         "Node {node} could not be added to the metadata map bundle: the key \
                          agent/KubernetesMetadataMapping/{node} was not found in the cache"
                     )],
+                    ..MetadataResponse::default()
                 },
             };
             json(&response)
@@ -315,7 +360,7 @@ mod tests {
             ("/api/v1/tags/pod/n1/default", None),
             ("/api/v1/tags/pod/n1//web-1", None),
             ("/api/v1/tags/pod/", None),
-            ("/api/v1/tags/pod", None),
+            ("/api/v1/tags/pod", Some(MetadataRoute::AllPods)),
             ("/version", None),
         ];
         for (path, want) in cases {
@@ -375,6 +420,10 @@ mod tests {
                     ..Node::default()
                 })
             })
+        }
+        fn node_names(&self) -> Vec<String> {
+            // A node without pods, listed before one with: the answer sorts them.
+            vec!["n3".to_owned(), "n1".to_owned()]
         }
         fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
             match name {
@@ -439,6 +488,11 @@ mod tests {
                 MetadataRoute::PodsOfNode("n1"),
                 200,
                 r#"{"Nodes":{"n1":{"services":{"default":{"db-0":{"db":{}},"web-1":{"web":{},"web-internal":{}}}}}}}"#,
+            ),
+            (
+                MetadataRoute::AllPods,
+                200,
+                r#"{"Nodes":{"n1":{"services":{"default":{"db-0":{"db":{}},"web-1":{"web":{},"web-internal":{}}}}},"n3":{}}}"#,
             ),
             (
                 MetadataRoute::PodsOfNode("n9"),

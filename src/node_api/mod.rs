@@ -3,9 +3,9 @@
 //!
 //! Built so far: the server (TLS 1.3, or 1.2 with `cluster_agent.allow_legacy_tls`, a
 //! self-signed certificate as the Go DCA serves), the token check ([`auth`]), `/version`,
-//! `/api/v1/cluster/id` ([`cluster_id`]) and the node and namespace routes ([`metadata`]).
-//! The pod tag routes need the pod → services mapper, which is not built yet; until then
-//! they answer Go's `404 page not found` after the token check.
+//! `/api/v1/cluster/id` ([`cluster_id`]), the node, namespace and pod tag routes
+//! ([`metadata`]), and `/api/v1/tags/pod`, which only our CLI's local token opens
+//! ([`token`], `metamap`).
 //!
 //! It stands beside `external_metrics` on [`crate::apiserver`] and never imports it.
 
@@ -37,6 +37,7 @@ pub(crate) async fn run(
     client: kube::Client,
     namespace: &str,
     token: Secret,
+    local_token: Secret,
     metadata: Arc<dyn metadata::MetadataSource>,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
@@ -61,6 +62,7 @@ pub(crate) async fn run(
     let cluster_id = Arc::new(cluster_id::KubeClusterId::new(client, namespace));
     let service = service::NodeApiService::new(
         token,
+        local_token,
         cluster_id,
         metadata,
         settings.kubernetes_node_annotations_as_host_aliases.clone(),

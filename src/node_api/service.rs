@@ -23,7 +23,10 @@ pub(crate) struct NodeApiService {
 }
 
 struct Shared {
+    /// The node agents' token.
     token: Secret,
+    /// Our own CLI's token (`auth_token_file_path`).
+    local_token: Secret,
     version: Bytes,
     cluster_id: Arc<dyn ClusterIdSource>,
     metadata: Arc<dyn MetadataSource>,
@@ -76,6 +79,7 @@ fn version_json() -> Bytes {
 impl NodeApiService {
     pub(crate) fn new(
         token: Secret,
+        local_token: Secret,
         cluster_id: Arc<dyn ClusterIdSource>,
         metadata: Arc<dyn MetadataSource>,
         host_alias_annotations: Vec<String>,
@@ -83,6 +87,7 @@ impl NodeApiService {
         NodeApiService {
             shared: Arc::new(Shared {
                 token,
+                local_token,
                 version: version_json(),
                 cluster_id,
                 metadata,
@@ -95,7 +100,7 @@ impl NodeApiService {
         let head = parts.method == Method::HEAD;
         if parts.uri.path() == CLUSTER_ID_PATH
             && parts.method == Method::GET
-            && auth::check(&parts.headers, self.shared.token.expose().as_bytes()).is_ok()
+            && self.authenticate(parts).is_ok()
         {
             // A deferred answer is dropped unstarted and asked again in the request's future.
             return match self.shared.cluster_id.cluster_id() {
@@ -106,8 +111,19 @@ impl NodeApiService {
         Reply::Now(self.respond_now(parts, head))
     }
 
+    /// External paths take the node agents' token or ours (the CLI reads a node's pods
+    /// too); internal ones only ours. A wrong token is refused before any route runs.
+    fn authenticate(&self, parts: &Parts) -> Result<(), auth::Refusal> {
+        let node_agents = self.shared.token.expose().as_bytes();
+        let local = self.shared.local_token.expose().as_bytes();
+        match auth::classify(parts.uri.path()) {
+            auth::PathClass::External => auth::check(&parts.headers, &[node_agents, local]),
+            auth::PathClass::Internal => auth::check(&parts.headers, &[local]),
+        }
+    }
+
     fn respond_now(&self, parts: &Parts, head: bool) -> http::Response<Body> {
-        if let Err(refusal) = auth::check(&parts.headers, self.shared.token.expose().as_bytes()) {
+        if let Err(refusal) = self.authenticate(parts) {
             tracing::debug!(
                 refusal = refusal.kind(),
                 path = parts.uri.path(),
@@ -199,6 +215,7 @@ mod tests {
     use super::*;
 
     const TOKEN: &str = "e2eTokenForTheClusterAgent0123456789abcdef";
+    const LOCAL: &str = "localTokenOfOurOwnCommandLine0123456789";
     const UID: &str = "94e43011-177b-11ea-a4fe-42010a8401d2";
 
     /// The cluster id at once, later (as on the first request), or an error; counts asks
@@ -254,6 +271,9 @@ mod tests {
         fn namespace(&self, _: &str) -> Option<Arc<k8s_openapi::api::core::v1::Namespace>> {
             None
         }
+        fn node_names(&self) -> Vec<String> {
+            Vec::new()
+        }
         fn services(
             &self,
         ) -> Result<
@@ -275,8 +295,13 @@ mod tests {
             request = request.header("authorization", auth);
         }
         let (parts, ()) = request.body(()).unwrap().into_parts();
-        let service =
-            NodeApiService::new(Secret::new(TOKEN), ids, Arc::new(NoMetadata), Vec::new());
+        let service = NodeApiService::new(
+            Secret::new(TOKEN),
+            Secret::new(LOCAL),
+            ids,
+            Arc::new(NoMetadata),
+            Vec::new(),
+        );
         let response = futures::executor::block_on(
             service.start(parts, |_| Arc::new(PeerIdentity::Anonymous)),
         )
@@ -371,10 +396,53 @@ mod tests {
         }
     }
 
+    /// The Go DCA runs the handler of an internal path for a node agent's token after it
+    /// has written a 403 (its double write); here the 403 is the whole answer.
+    #[test]
+    fn internal_paths_take_only_the_local_token_and_external_ones_either() {
+        let node_agents = format!("Bearer {TOKEN}");
+        let local = format!("Bearer {LOCAL}");
+        let cases: &[(&str, &str, u16, &str)] = &[
+            (
+                "/api/v1/tags/pod",
+                &node_agents,
+                403,
+                "invalid session token\n",
+            ),
+            (
+                "/api/v1/clusterchecks",
+                &node_agents,
+                403,
+                "invalid session token\n",
+            ),
+            ("/api/v1/clusterchecks", &local, 404, "404 page not found\n"),
+            // The mapper is disabled in these tests: the route ran.
+            (
+                "/api/v1/tags/pod",
+                &local,
+                404,
+                "{\"Errors\":\"the metadata mapper is disabled (kubernetes_collect_metadata_tags)\"}",
+            ),
+            ("/version", &local, 200, ""),
+            ("/version", &node_agents, 200, ""),
+        ];
+        for (path, auth, code, want) in cases {
+            let (status, body) = call(Method::GET, path, Some(auth));
+            assert_eq!(status.as_u16(), *code, "{path} {body}");
+            if !want.is_empty() {
+                assert_eq!(body, *want, "{path}");
+            }
+        }
+    }
+
     #[test]
     fn unknown_paths_and_methods_answer_as_gorilla_does() {
         let auth = format!("Bearer {TOKEN}");
-        let (status, body) = call(Method::GET, "/api/v1/clusterchecks", Some(&auth));
+        let (status, body) = call(
+            Method::GET,
+            "/api/v1/clusterchecks",
+            Some(&format!("Bearer {LOCAL}")),
+        );
         assert_eq!(
             (status, body.as_str()),
             (StatusCode::NOT_FOUND, "404 page not found\n")

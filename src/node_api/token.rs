@@ -1,6 +1,9 @@
-//! The node agents' token when none is configured: the Go DCA creates the file
-//! `cluster_agent.auth_token` beside its configuration, 32 random bytes as 64 hex
-//! characters, readable by its owner only.
+//! The two tokens of the node-agent API, as the Go DCA keeps them:
+//! - the node agents' token, when none is configured: the file `cluster_agent.auth_token`
+//!   beside the configuration, 32 random bytes as 64 hex characters, owner-only;
+//! - the local token of our own CLI (`metamap`, later `status` and `flare`): the file
+//!   `auth_token_file_path` (default `auth_token` beside the configuration), made alike.
+//!   Only a process that can read that file, in the agent's container, holds it.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -29,23 +32,84 @@ pub(crate) fn resolve(
         return Ok(token.clone());
     }
     let path = config_dir.join(AUTH_TOKEN_FILE_NAME);
+    let token = create(&path).map_err(|source| TokenError {
+        path: path.clone(),
+        source,
+    })?;
+    tracing::info!(path = %path.display(), "created the node-agent token file");
+    Ok(token)
+}
+
+/// A new token written to `path`, which must not exist yet (mode 0600 from the start, so
+/// it is never readable by others, not even for a moment).
+fn create(path: &Path) -> std::io::Result<Secret> {
     let token: String = rand::random::<[u8; 32]>()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let error = |source| TokenError {
-        path: path.clone(),
-        source,
-    };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(error)?;
-    file.write_all(token.as_bytes()).map_err(error)?;
-    tracing::info!(path = %path.display(), "created the node-agent token file");
+        .open(path)?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
     Ok(Secret::new(token))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LocalTokenError {
+    #[error(
+        "cannot create the local API token file {path}; set auth_token_file_path \
+         (DD_AUTH_TOKEN_FILE_PATH) to a writable place"
+    )]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the local API token file {path} (auth_token_file_path)")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the local API token file {path} (auth_token_file_path) holds no valid token: {message}"
+    )]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The local token in `path`, as the CLI reads it: line endings stripped, at least 32
+/// letters and digits.
+pub(crate) fn read_local(path: &Path) -> Result<Secret, LocalTokenError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LocalTokenError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = text.trim_end_matches(['\n', '\r']);
+    crate::config::validate_auth_token(token).map_err(|message| LocalTokenError::Invalid {
+        path: path.to_owned(),
+        message,
+    })?;
+    Ok(Secret::new(token))
+}
+
+/// The agent's local token: the one in `path`, else a new one written there. A replica
+/// restarted in the same container keeps it, so a CLI started before the restart still
+/// works.
+pub(crate) fn local(path: &Path) -> Result<Secret, LocalTokenError> {
+    match create(path) {
+        Ok(token) => {
+            tracing::info!(path = %path.display(), "created the local API token file");
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_local(path),
+        Err(source) => Err(LocalTokenError::Create {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -86,6 +150,57 @@ mod tests {
         let token = resolve(Some(&configured), dir.path()).unwrap();
         assert_eq!(token.expose(), configured.expose());
         assert!(!dir.path().join(AUTH_TOKEN_FILE_NAME).exists());
+    }
+
+    #[test]
+    fn the_local_token_is_created_once_then_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth_token");
+        let first = local(&path).unwrap();
+        assert_eq!(first.expose().len(), 64);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A restart, and the CLI, read the same token.
+        assert_eq!(local(&path).unwrap().expose(), first.expose());
+        assert_eq!(read_local(&path).unwrap().expose(), first.expose());
+    }
+
+    #[test]
+    fn a_bad_local_token_file_names_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth_token");
+        type Case<'a> = (Option<&'a str>, &'a str);
+        let cases: &[Case<'_>] = &[
+            (None, "cannot read the local API token file"),
+            (Some("short"), "holds no valid token"),
+            (
+                Some("0123456789abcdef0123456789abcdef-"),
+                "holds no valid token",
+            ),
+        ];
+        for (content, want) in cases {
+            if let Some(content) = content {
+                std::fs::write(&path, content).unwrap();
+            }
+            let line = crate::error::chain_line(&read_local(&path).unwrap_err());
+            assert!(
+                line.contains(want) && line.contains("auth_token_file_path"),
+                "{line}"
+            );
+            assert!(
+                !content.is_some_and(|c| line.contains(c)),
+                "token echoed: {line}"
+            );
+        }
+        // Line endings are not part of it (an `echo`-written file works).
+        std::fs::write(&path, "0123456789abcdef0123456789abcdef\n").unwrap();
+        assert_eq!(
+            read_local(&path).unwrap().expose(),
+            "0123456789abcdef0123456789abcdef"
+        );
+        let err = local(Path::new("/nonexistent/folder/auth_token")).unwrap_err();
+        let line = crate::error::chain_line(&err);
+        assert!(line.contains("DD_AUTH_TOKEN_FILE_PATH"), "{line}");
     }
 
     #[test]

@@ -16,6 +16,12 @@ pub mod leader;
 pub(crate) mod logging;
 pub(crate) mod metadata;
 pub(crate) mod node_api;
+/// The node-agent API over a synthetic cluster, for its benchmark; never in the shipped
+/// binary.
+#[cfg(feature = "test-util")]
+pub mod node_api_bench {
+    pub use crate::node_api::synthetic::{Shape, SyntheticCluster, node_name, serve};
+}
 pub(crate) mod shutdown;
 pub mod tls;
 pub mod version;

@@ -27,6 +27,27 @@ use tokio_util::sync::CancellationToken;
 use crate::k8s::EndpointSliceVersion;
 use crate::node_api::metadata::{MapperUnavailable, MetadataSource, ServiceMap};
 
+/// What the Endpoints watch keeps of each object (the benchmark's synthetic cluster holds
+/// the same).
+pub(crate) type StoredEndpoints = Endpoints;
+
+/// What every watch drops before it stores an object: only labels, annotations and the
+/// mapper's fields are served, and managed fields can be large.
+pub(crate) fn trim<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+/// What the Node watch keeps of each object: its metadata ([`trim_node`]).
+pub(crate) type StoredNode = Node;
+
+/// Only a node's labels and annotations are served; its status (images, conditions,
+/// addresses) is most of its size and changes every few seconds.
+pub(crate) fn trim_node(node: &mut Node) {
+    trim(node);
+    node.spec = None;
+    node.status = None;
+}
+
 /// How long the mapper waits after a change for more before it rebuilds the map, so a
 /// burst of Endpoints updates (a rollout) costs one rebuild.
 const REBUILD_DEBOUNCE: Duration = Duration::from_millis(200);
@@ -134,7 +155,8 @@ pub(crate) fn spawn(
     let namespaces_synced = Arc::new(AtomicBool::new(false));
     let node_task = watch(
         "Node",
-        Api::<Node>::all(client.clone()),
+        Api::<StoredNode>::all(client.clone()),
+        trim_node,
         node_writer,
         Arc::clone(&nodes_synced),
         None,
@@ -143,6 +165,7 @@ pub(crate) fn spawn(
     let namespace_task = watch(
         "Namespace",
         Api::<Namespace>::all(client.clone()),
+        trim,
         namespace_writer,
         Arc::clone(&namespaces_synced),
         None,
@@ -150,7 +173,7 @@ pub(crate) fn spawn(
     );
     let services = Arc::new(RwLock::new(None));
     let (endpoints_task, mapper_task) = match source {
-        MapperSource::Endpoints => mapper_tasks::<Endpoints>(
+        MapperSource::Endpoints => mapper_tasks::<StoredEndpoints>(
             "Endpoints",
             client,
             |store| mapper::build(store.iter().map(|e| &**e)),
@@ -215,6 +238,7 @@ where
     let watch_task = watch(
         kind,
         Api::<K>::all(client),
+        trim,
         writer,
         Arc::clone(&synced),
         Some(Arc::clone(&changed)),
@@ -230,6 +254,7 @@ where
 async fn watch<K>(
     kind: &'static str,
     api: Api<K>,
+    trim_object: fn(&mut K),
     writer: reflector::store::Writer<K>,
     synced: Arc<AtomicBool>,
     changed: Option<Arc<Notify>>,
@@ -246,10 +271,7 @@ where
 {
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
-        // Only labels and annotations are served; managed fields can be large.
-        .modify(|object: &mut K| {
-            object.meta_mut().managed_fields = None;
-        })
+        .modify(trim_object)
         .reflect(writer);
     futures::pin_mut!(stream);
     loop {
@@ -310,5 +332,35 @@ where
         let map = Arc::new(build(&store.state()));
         tracing::debug!(nodes = map.nodes.len(), "metadata map rebuilt");
         *services.write().unwrap_or_else(PoisonError::into_inner) = Some(map);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+
+    use super::*;
+
+    #[test]
+    fn stored_nodes_keep_their_metadata_and_drop_the_rest() {
+        let labels = [("kubernetes.io/os".to_owned(), "linux".to_owned())];
+        let mut node = Node {
+            metadata: ObjectMeta {
+                name: Some("n1".to_owned()),
+                labels: Some(labels.clone().into()),
+                annotations: Some(labels.clone().into()),
+                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec::default()),
+            status: Some(NodeStatus::default()),
+        };
+        trim_node(&mut node);
+        assert_eq!(node.metadata.name.as_deref(), Some("n1"));
+        assert_eq!(node.metadata.labels, Some(labels.clone().into()));
+        assert_eq!(node.metadata.annotations, Some(labels.into()));
+        assert_eq!(node.metadata.managed_fields, None);
+        assert_eq!((node.spec, node.status), (None, None));
     }
 }

@@ -20,7 +20,7 @@ pub(crate) mod node_api;
 /// binary.
 #[cfg(feature = "test-util")]
 pub mod node_api_bench {
-    pub use crate::node_api::synthetic::{Shape, SyntheticCluster, node_name, serve};
+    pub use crate::metadata::synthetic::{Shape, SyntheticCluster, node_name, serve};
 }
 pub(crate) mod shutdown;
 pub mod tls;

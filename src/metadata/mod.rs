@@ -11,6 +11,8 @@
 
 pub(crate) mod mapper;
 pub(crate) mod slice;
+#[cfg(feature = "test-util")]
+pub(crate) mod synthetic;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};

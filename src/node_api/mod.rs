@@ -13,8 +13,6 @@ pub(crate) mod auth;
 pub(crate) mod cluster_id;
 pub(crate) mod metadata;
 pub(crate) mod service;
-#[cfg(feature = "test-util")]
-pub(crate) mod synthetic;
 pub(crate) mod token;
 
 use std::net::SocketAddr;

@@ -183,22 +183,10 @@ pub(crate) fn spawn(
             shutdown,
         ),
         MapperSource::EndpointSlices(EndpointSliceVersion::V1) => {
-            mapper_tasks::<slice::EndpointSlice<slice::V1>>(
-                "EndpointSlice",
-                client,
-                |store| mapper::build_from_slices(store.iter().map(|e| &**e)),
-                Arc::clone(&services),
-                shutdown,
-            )
+            slice_tasks::<slice::V1>(client, Arc::clone(&services), shutdown)
         }
         MapperSource::EndpointSlices(EndpointSliceVersion::V1beta1) => {
-            mapper_tasks::<slice::EndpointSlice<slice::V1beta1>>(
-                "EndpointSlice",
-                client,
-                |store| mapper::build_from_slices(store.iter().map(|e| &**e)),
-                Arc::clone(&services),
-                shutdown,
-            )
+            slice_tasks::<slice::V1beta1>(client, Arc::clone(&services), shutdown)
         }
     };
     let metadata = ClusterMetadata {
@@ -215,6 +203,21 @@ pub(crate) fn spawn(
         mapper: mapper_enabled.then_some((endpoints_task, mapper_task)),
     };
     (metadata, tasks)
+}
+
+/// [`mapper_tasks`] over the EndpointSlices of API version `V`.
+fn slice_tasks<V: slice::SliceVersion>(
+    client: kube::Client,
+    services: Arc<RwLock<Option<Arc<ServiceMap>>>>,
+    shutdown: CancellationToken,
+) -> (Task, Task) {
+    mapper_tasks::<slice::EndpointSlice<V>>(
+        "EndpointSlice",
+        client,
+        |store| mapper::build_from_slices(store.iter().map(|e| &**e)),
+        services,
+        shutdown,
+    )
 }
 
 /// The watch of `K` and the task that rebuilds the map from its store with `build`.

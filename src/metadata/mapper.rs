@@ -2,44 +2,27 @@
 //! addresses of each Service's Endpoints, or the ready endpoints of its EndpointSlices,
 //! whose target is a Pod on a node.
 
-use k8s_openapi::api::core::v1::{Endpoints, ObjectReference};
-
+use crate::metadata::endpoints::{Endpoints, TargetRef};
 use crate::metadata::slice::{EndpointSlice, SERVICE_NAME_LABEL};
-use crate::node_api::metadata::ServiceMap;
+use crate::node_api::service_map::{ServiceMap, ServiceMapBuilder};
 
 /// Records that `target`, on `node`, backs `service` of `namespace`, when the target is a
 /// Pod. The pod's namespace is the Service's unless the reference says otherwise.
-fn add(
-    map: &mut ServiceMap,
-    service: &str,
-    namespace: &str,
-    node: Option<&String>,
-    target: Option<&ObjectReference>,
+fn add<'a>(
+    map: &mut ServiceMapBuilder<'a>,
+    service: &'a str,
+    namespace: &'a str,
+    node: Option<&'a str>,
+    target: Option<&'a TargetRef>,
 ) {
     let (Some(node), Some(target)) = (node, target) else {
         return;
     };
-    if target.kind.as_deref() != Some("Pod") {
+    let (true, Some(pod)) = (target.is_pod, &target.name) else {
         return;
-    }
-    let Some(pod) = &target.name else { return };
+    };
     let pod_namespace = target.namespace.as_deref().unwrap_or(namespace);
-    let pods = map
-        .nodes
-        .entry(node.clone())
-        .or_default()
-        .entry(pod_namespace.to_owned())
-        .or_default();
-    match pods.get_mut(pod.as_str()) {
-        Some(services) => {
-            if !services.contains(service) {
-                services.insert(service.to_owned());
-            }
-        }
-        None => {
-            pods.insert(pod.clone(), [service.to_owned()].into());
-        }
-    }
+    map.add(node, pod_namespace, pod, service);
 }
 
 /// The map of every node, from all EndpointSlices: a slice names its Service by the
@@ -48,7 +31,7 @@ fn add(
 pub(crate) fn build_from_slices<'a, V: 'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice<V>>,
 ) -> ServiceMap {
-    let mut map = ServiceMap::default();
+    let mut map = ServiceMapBuilder::default();
     for slice in slices {
         let meta = &slice.metadata;
         let service = meta
@@ -66,18 +49,18 @@ pub(crate) fn build_from_slices<'a, V: 'a>(
                 &mut map,
                 service,
                 namespace,
-                endpoint.node_name.as_ref(),
+                endpoint.node_name.as_deref(),
                 endpoint.target_ref.as_ref(),
             );
         }
     }
-    map
+    map.build()
 }
 
 /// The map of every node, from all Endpoints. Only `subsets[].addresses` count (ready ones);
 /// an address without a Pod target or a node name (leader-election endpoints) is skipped.
 pub(crate) fn build<'a>(endpoints: impl IntoIterator<Item = &'a Endpoints>) -> ServiceMap {
-    let mut map = ServiceMap::default();
+    let mut map = ServiceMapBuilder::default();
     for ep in endpoints {
         let (Some(service), Some(namespace)) = (&ep.metadata.name, &ep.metadata.namespace) else {
             continue;
@@ -92,52 +75,43 @@ pub(crate) fn build<'a>(endpoints: impl IntoIterator<Item = &'a Endpoints>) -> S
                 &mut map,
                 service,
                 namespace,
-                address.node_name.as_ref(),
+                address.node_name.as_deref(),
                 address.target_ref.as_ref(),
             );
         }
     }
-    map
+    map.build()
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{EndpointAddress, EndpointSubset, ObjectReference};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde_json::{Value, json};
 
     use super::*;
+    use crate::metadata::endpoints::trim_endpoints;
 
-    fn address(node: Option<&str>, kind: &str, pod: &str) -> EndpointAddress {
-        EndpointAddress {
-            ip: "10.0.0.1".into(),
-            node_name: node.map(str::to_owned),
-            target_ref: Some(ObjectReference {
-                kind: Some(kind.to_owned()),
-                name: Some(pod.to_owned()),
-                namespace: Some("shop".to_owned()),
-                ..ObjectReference::default()
-            }),
-            ..EndpointAddress::default()
+    fn address(node: Option<&str>, kind: &str, pod: &str) -> Value {
+        let mut address = json!({
+            "ip": "10.0.0.1",
+            "targetRef": {"kind": kind, "name": pod, "namespace": "shop", "uid": "u"},
+        });
+        if let Some(node) = node {
+            address["nodeName"] = node.into();
         }
+        address
     }
 
-    fn endpoints(
-        name: &str,
-        ready: Vec<EndpointAddress>,
-        not_ready: Vec<EndpointAddress>,
-    ) -> Endpoints {
-        Endpoints {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                namespace: Some("shop".to_owned()),
-                ..ObjectMeta::default()
-            },
-            subsets: Some(vec![EndpointSubset {
-                addresses: Some(ready),
-                not_ready_addresses: Some(not_ready),
-                ..EndpointSubset::default()
-            }]),
-        }
+    /// Parsed and trimmed as the watch parses and trims what the API server sends.
+    fn endpoints(name: &str, ready: Vec<Value>, not_ready: Vec<Value>) -> Endpoints {
+        let object = json!({
+            "metadata": {"name": name, "namespace": "shop"},
+            "subsets": [{"addresses": ready, "notReadyAddresses": not_ready,
+                         "ports": [{"port": 80}]}],
+        });
+        let mut endpoints: Endpoints = serde_json::from_value(object).expect("parses");
+        trim_endpoints(&mut endpoints);
+        endpoints
     }
 
     #[test]
@@ -176,15 +150,40 @@ mod tests {
         ];
         let map = build(&all);
         let services = |node: &str, pod: &str| -> Option<Vec<&str>> {
-            let pods = map.nodes.get(node)?.get("shop")?;
-            Some(pods.get(pod)?.iter().map(String::as_str).collect())
+            let services = map.node(node)?.services("shop", pod)?;
+            Some(services.iter().map(|s| &**s).collect())
         };
         assert_eq!(services("n1", "web-1"), Some(vec!["web", "web-internal"]));
         assert_eq!(services("n2", "web-2"), Some(vec!["web"]));
         // Not ready: not mapped.
         assert_eq!(services("n1", "web-3"), None);
-        assert_eq!(map.nodes.len(), 2, "{map:?}");
-        assert_eq!(map.nodes["n1"]["shop"].len(), 1, "{map:?}");
+        assert_eq!(map.node_count(), 2, "{map:?}");
+        assert_eq!(
+            map.node("n1").map(|n| n.namespaces()[0].pods().len()),
+            Some(1),
+            "{map:?}"
+        );
+    }
+
+    #[test]
+    fn the_map_shares_pod_names_with_the_store() {
+        let store = [endpoints(
+            "web",
+            vec![address(Some("n1"), "Pod", "web-1")],
+            vec![],
+        )];
+        let map = build(&store);
+        let stored = store[0].subsets.as_ref().expect("subsets")[0]
+            .addresses
+            .as_ref()
+            .expect("addresses")[0]
+            .target_ref
+            .as_ref()
+            .and_then(|t| t.name.as_deref())
+            .expect("pod name");
+        let mapped = map.node("n1").expect("n1").namespaces()[0].pods()[0].name();
+        assert_eq!(mapped, "web-1");
+        assert!(std::ptr::eq(stored, mapped), "one copy of the pod's name");
     }
 
     #[test]
@@ -193,8 +192,9 @@ mod tests {
         let endpoint =
             |node: Option<&str>, kind: &str, pod: &str, ready: Option<bool>| SliceEndpoint {
                 conditions: Conditions { ready },
-                node_name: node.map(str::to_owned),
-                target_ref: address(None, kind, pod).target_ref,
+                node_name: node.map(Into::into),
+                target_ref: serde_json::from_value(address(None, kind, pod)["targetRef"].take())
+                    .expect("parses"),
             };
         let slice = |name: &str, service: Option<&str>, endpoints| {
             let labels = service.map(|s| [(SERVICE_NAME_LABEL.to_owned(), s.to_owned())].into());
@@ -245,15 +245,19 @@ mod tests {
         ];
         let map = build_from_slices(&all);
         let services = |node: &str, pod: &str| -> Option<Vec<&str>> {
-            let pods = map.nodes.get(node)?.get("shop")?;
-            Some(pods.get(pod)?.iter().map(String::as_str).collect())
+            let services = map.node(node)?.services("shop", pod)?;
+            Some(services.iter().map(|s| &**s).collect())
         };
         assert_eq!(services("n1", "web-1"), Some(vec!["web", "web-internal"]));
         // Ready unknown (nil) counts as ready, as the API says.
         assert_eq!(services("n2", "web-2"), Some(vec!["web"]));
         assert_eq!(services("n1", "web-3"), None);
         assert_eq!(services("n1", "web-9"), None);
-        assert_eq!(map.nodes["n1"]["shop"].len(), 1, "{map:?}");
+        assert_eq!(
+            map.node("n1").map(|n| n.namespaces()[0].pods().len()),
+            Some(1),
+            "{map:?}"
+        );
         // The same cluster read from Endpoints maps alike.
         let from_slices = build_from_slices(&all[..3]);
         let endpoints = [

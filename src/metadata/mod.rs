@@ -9,6 +9,7 @@
 //! It implements the node-agent API's [`MetadataSource`] seam, as `autoscaling` implements
 //! the metrics API's: a subsystem above the server it feeds.
 
+pub(crate) mod endpoints;
 pub(crate) mod mapper;
 pub(crate) mod slice;
 #[cfg(feature = "test-util")]
@@ -19,19 +20,22 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::k8s::EndpointSliceVersion;
-use crate::node_api::metadata::{MapperUnavailable, MetadataSource, ServiceMap};
+use crate::node_api::metadata::{MapperUnavailable, MetadataSource, NamespaceMeta, NodeMeta};
+use crate::node_api::service_map::ServiceMap;
 
-/// What the Endpoints watch keeps of each object (the benchmark's synthetic cluster holds
-/// the same).
-pub(crate) type StoredEndpoints = Endpoints;
+/// What the Endpoints watch keeps of each object, trimmed by [`trim_endpoints`] (the
+/// benchmark's synthetic cluster holds the same).
+pub(crate) type StoredEndpoints = endpoints::Endpoints;
+pub(crate) use endpoints::trim_endpoints;
 
 /// What every watch drops before it stores an object: only labels, annotations and the
 /// mapper's fields are served, and managed fields can be large.
@@ -39,16 +43,10 @@ pub(crate) fn trim<K: kube::Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// What the Node watch keeps of each object: its metadata ([`trim_node`]).
-pub(crate) type StoredNode = Node;
-
-/// Only a node's labels and annotations are served; its status (images, conditions,
-/// addresses) is most of its size and changes every few seconds.
-pub(crate) fn trim_node(node: &mut Node) {
-    trim(node);
-    node.spec = None;
-    node.status = None;
-}
+/// What the Node watch keeps of each object: its metadata, asked for alone.
+pub(crate) type StoredNode = NodeMeta;
+/// What the Namespace watch keeps of each object: its metadata, asked for alone.
+pub(crate) type StoredNamespace = NamespaceMeta;
 
 /// How long the mapper waits after a change for more before it rebuilds the map, so a
 /// burst of Endpoints updates (a rollout) costs one rebuild.
@@ -63,8 +61,8 @@ pub(crate) enum MetadataError {
 /// The stores behind the node-agent routes; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct ClusterMetadata {
-    nodes: Store<Node>,
-    namespaces: Store<Namespace>,
+    nodes: Store<StoredNode>,
+    namespaces: Store<StoredNamespace>,
     /// Both first lists completed (before that, "not found" would be a guess).
     nodes_synced: Arc<AtomicBool>,
     namespaces_synced: Arc<AtomicBool>,
@@ -79,11 +77,11 @@ impl MetadataSource for ClusterMetadata {
         self.nodes_synced.load(Ordering::Acquire) && self.namespaces_synced.load(Ordering::Acquire)
     }
 
-    fn node(&self, name: &str) -> Option<Arc<Node>> {
+    fn node(&self, name: &str) -> Option<Arc<NodeMeta>> {
         self.nodes.get(&reflector::ObjectRef::new(name))
     }
 
-    fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
+    fn namespace(&self, name: &str) -> Option<Arc<NamespaceMeta>> {
         self.namespaces.get(&reflector::ObjectRef::new(name))
     }
 
@@ -157,8 +155,8 @@ pub(crate) fn spawn(
     let namespaces_synced = Arc::new(AtomicBool::new(false));
     let node_task = watch(
         "Node",
-        Api::<StoredNode>::all(client.clone()),
-        trim_node,
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        trim,
         node_writer,
         Arc::clone(&nodes_synced),
         None,
@@ -166,7 +164,7 @@ pub(crate) fn spawn(
     );
     let namespace_task = watch(
         "Namespace",
-        Api::<Namespace>::all(client.clone()),
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         trim,
         namespace_writer,
         Arc::clone(&namespaces_synced),
@@ -178,6 +176,7 @@ pub(crate) fn spawn(
         MapperSource::Endpoints => mapper_tasks::<StoredEndpoints>(
             "Endpoints",
             client,
+            trim_endpoints,
             |store| mapper::build(store.iter().map(|e| &**e)),
             Arc::clone(&services),
             shutdown,
@@ -214,16 +213,19 @@ fn slice_tasks<V: slice::SliceVersion>(
     mapper_tasks::<slice::EndpointSlice<V>>(
         "EndpointSlice",
         client,
+        trim,
         |store| mapper::build_from_slices(store.iter().map(|e| &**e)),
         services,
         shutdown,
     )
 }
 
-/// The watch of `K` and the task that rebuilds the map from its store with `build`.
+/// The watch of `K` (objects trimmed by `trim_object`) and the task that rebuilds the map
+/// from its store with `build`.
 fn mapper_tasks<K>(
     kind: &'static str,
     client: kube::Client,
+    trim_object: fn(&mut K),
     build: fn(&[Arc<K>]) -> ServiceMap,
     services: Arc<RwLock<Option<Arc<ServiceMap>>>>,
     shutdown: CancellationToken,
@@ -243,7 +245,7 @@ where
     let watch_task = watch(
         kind,
         Api::<K>::all(client),
-        trim,
+        trim_object,
         writer,
         Arc::clone(&synced),
         Some(Arc::clone(&changed)),
@@ -335,37 +337,40 @@ where
             continue;
         }
         let map = Arc::new(build(&store.state()));
-        tracing::debug!(nodes = map.nodes.len(), "metadata map rebuilt");
+        tracing::debug!(nodes = map.node_count(), "metadata map rebuilt");
         *services.write().unwrap_or_else(PoisonError::into_inner) = Some(map);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{NodeSpec, NodeStatus};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
-
     use super::*;
 
+    // What a metadata-only list or watch (`as=PartialObjectMetadata`) sends for a Node.
     #[test]
-    fn stored_nodes_keep_their_metadata_and_drop_the_rest() {
-        let labels = [("kubernetes.io/os".to_owned(), "linux".to_owned())];
-        let mut node = Node {
-            metadata: ObjectMeta {
-                name: Some("n1".to_owned()),
-                labels: Some(labels.clone().into()),
-                annotations: Some(labels.clone().into()),
-                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
-                ..ObjectMeta::default()
+    fn a_metadata_only_node_parses_and_is_stored_without_managed_fields() {
+        let object = serde_json::json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {
+                "name": "n1",
+                "resourceVersion": "7",
+                "labels": {"kubernetes.io/os": "linux"},
+                "annotations": {"cluster.k8s.io/machine": "m-1"},
+                "managedFields": [{"manager": "kubelet", "operation": "Update"}],
             },
-            spec: Some(NodeSpec::default()),
-            status: Some(NodeStatus::default()),
-        };
-        trim_node(&mut node);
-        assert_eq!(node.metadata.name.as_deref(), Some("n1"));
-        assert_eq!(node.metadata.labels, Some(labels.clone().into()));
-        assert_eq!(node.metadata.annotations, Some(labels.into()));
-        assert_eq!(node.metadata.managed_fields, None);
-        assert_eq!((node.spec, node.status), (None, None));
+        });
+        let mut node: StoredNode = serde_json::from_value(object).expect("parses");
+        trim(&mut node);
+        let meta = &node.metadata;
+        assert_eq!(meta.name.as_deref(), Some("n1"));
+        let labels = meta.labels.as_ref().expect("labels");
+        assert_eq!(
+            labels.get("kubernetes.io/os").map(String::as_str),
+            Some("linux")
+        );
+        let annotations = meta.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations.len(), 1);
+        assert_eq!(meta.managed_fields, None);
     }
 }

@@ -7,9 +7,10 @@ use std::borrow::Cow;
 use std::fmt::Debug;
 use std::marker::PhantomData;
 
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Deserialize;
+
+use crate::metadata::endpoints::TargetRef;
 
 /// The label the EndpointSlice controller sets to the Service's name.
 pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -50,8 +51,8 @@ pub(crate) struct SliceEndpoint {
     pub(crate) conditions: Conditions,
     /// In `v1beta1` only with the `EndpointSliceNodeName` feature gate (1.20 alpha); set
     /// by every `v1` controller.
-    pub(crate) node_name: Option<String>,
-    pub(crate) target_ref: Option<ObjectReference>,
+    pub(crate) node_name: Option<Box<str>>,
+    pub(crate) target_ref: Option<TargetRef>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -1,33 +1,33 @@
 //! The node and namespace routes: labels, filtered annotations and namespace metadata, in
 //! the Go DCA's shapes, from whatever implements [`MetadataSource`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::core::PartialObjectMeta;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use crate::apiserver::response::{Body, json_response};
 use crate::node_api::go_error;
+use crate::node_api::service_map::{NodePods, Pod, ServiceMap};
 
-/// The services of each pod of one node: namespace → pod → service names.
-pub(crate) type PodServices = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
-
-/// Every node's [`PodServices`], built from the ready endpoints of each Service.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct ServiceMap {
-    pub(crate) nodes: HashMap<String, PodServices>,
-}
+/// A Node as the node-agent API reads it: its metadata, all that is served (the watch asks
+/// the API server for metadata only, so a node's status, most of its size and changing
+/// every few seconds, never reaches us).
+pub(crate) type NodeMeta = PartialObjectMeta<Node>;
+/// A Namespace as the node-agent API reads it (see [`NodeMeta`]).
+pub(crate) type NamespaceMeta = PartialObjectMeta<Namespace>;
 
 /// Where the node-agent API finds the cluster's objects.
 pub(crate) trait MetadataSource: Send + Sync + 'static {
     /// The first lists completed.
     fn synced(&self) -> bool;
-    fn node(&self, name: &str) -> Option<Arc<Node>>;
-    fn namespace(&self, name: &str) -> Option<Arc<Namespace>>;
+    fn node(&self, name: &str) -> Option<Arc<NodeMeta>>;
+    fn namespace(&self, name: &str) -> Option<Arc<NamespaceMeta>>;
     /// The names of the nodes listed, in no particular order.
     fn node_names(&self) -> Vec<String>;
     /// The pod → services map, shared (never copied per request).
@@ -109,7 +109,7 @@ struct EntityMeta<'a> {
 static EMPTY: BTreeMap<String, String> = BTreeMap::new();
 
 /// A Go `sets.Set[string]` on the wire: `{"a":{},"b":{}}`.
-struct GoSet<'a>(&'a BTreeSet<String>);
+struct GoSet<'a>(&'a [Arc<str>]);
 
 impl Serialize for GoSet<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -117,27 +117,28 @@ impl Serialize for GoSet<'_> {
         struct Empty {}
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for name in self.0 {
-            map.serialize_entry(name, &Empty {})?;
+            map.serialize_entry(&**name, &Empty {})?;
         }
         map.end()
     }
 }
 
 /// `apiv1.MetadataResponseBundle`.
-struct Bundle<'a>(&'a PodServices);
+struct Bundle<'a>(&'a NodePods);
 
 impl Serialize for Bundle<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        struct Namespaces<'a>(&'a PodServices);
-        struct Pods<'a>(&'a BTreeMap<String, BTreeSet<String>>);
+        struct Namespaces<'a>(&'a NodePods);
+        struct Pods<'a>(&'a [Pod]);
         impl Serialize for Pods<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_map(self.0.iter().map(|(pod, set)| (pod, GoSet(set))))
+                serializer.collect_map(self.0.iter().map(|pod| (pod.name(), GoSet(pod.services()))))
             }
         }
         impl Serialize for Namespaces<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_map(self.0.iter().map(|(ns, pods)| (ns, Pods(pods))))
+                let namespaces = self.0.namespaces().iter();
+                serializer.collect_map(namespaces.map(|ns| (ns.name(), Pods(ns.pods()))))
             }
         }
         // Go's `services,omitempty`: a node without pods is `{}`.
@@ -189,10 +190,11 @@ fn all_pods(source: &dyn MetadataSource) -> Response<Body> {
         }
     };
     let names = source.node_names();
+    let no_pods = NodePods::default();
     let nodes = names
         .iter()
         .map(|name| {
-            let pods = map.nodes.get(name).unwrap_or(&NO_PODS);
+            let pods = map.node(name).unwrap_or(&no_pods);
             (name.as_str(), Bundle(pods))
         })
         .collect();
@@ -201,8 +203,6 @@ fn all_pods(source: &dyn MetadataSource) -> Response<Body> {
         ..MetadataResponse::default()
     })
 }
-
-static NO_PODS: PodServices = BTreeMap::new();
 
 fn json<T: Serialize>(value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {
@@ -235,22 +235,22 @@ pub(crate) fn answer(
                     return go_error(StatusCode::NOT_FOUND, MAPPER_DISABLED, false);
                 }
             };
-            let pods = map.nodes.get(node);
+            let pods = map.node(node);
             if let MetadataRoute::PodTags { namespace, pod, .. } = route {
                 // Go answers `null` when nothing is known of the pod.
-                let tags: Option<Vec<String>> = pods
-                    .and_then(|p| p.get(namespace))
-                    .and_then(|p| p.get(pod))
-                    .map(|services| {
-                        services
-                            .iter()
-                            .map(|s| format!("kube_service:{s}"))
-                            .collect()
-                    });
+                let tags: Option<Vec<String>> =
+                    pods.and_then(|p| p.services(namespace, pod))
+                        .map(|services| {
+                            services
+                                .iter()
+                                .map(|s| format!("kube_service:{s}"))
+                                .collect()
+                        });
                 return json(&tags);
             }
             // A known node without pods is an empty bundle; an unknown one a warning.
-            let bundle = pods.or_else(|| source.node(node).map(|_| &NO_PODS));
+            let no_pods = NodePods::default();
+            let bundle = pods.or_else(|| source.node(node).map(|_| &no_pods));
             let response = match bundle {
                 Some(pods) => MetadataResponse {
                     nodes: BTreeMap::from([(node, Bundle(pods))]),
@@ -325,6 +325,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
+    use crate::node_api::service_map::map_of;
 
     #[test]
     fn routes() {
@@ -394,30 +395,24 @@ mod tests {
             self.synced
         }
         fn services(&self) -> Result<Arc<ServiceMap>, MapperUnavailable> {
-            let set = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
-            let pods = BTreeMap::from([(
-                "default".to_owned(),
-                BTreeMap::from([
-                    ("web-1".to_owned(), set(&["web", "web-internal"])),
-                    ("db-0".to_owned(), set(&["db"])),
-                ]),
-            )]);
             if !self.synced {
                 return Err(MapperUnavailable::NotSynced);
             }
-            Ok(Arc::new(ServiceMap {
-                nodes: HashMap::from([("n1".to_owned(), pods)]),
-            }))
+            Ok(Arc::new(map_of(&[
+                ("n1", "default", "web-1", "web"),
+                ("n1", "default", "web-1", "web-internal"),
+                ("n1", "default", "db-0", "db"),
+            ])))
         }
-        fn node(&self, name: &str) -> Option<Arc<Node>> {
+        fn node(&self, name: &str) -> Option<Arc<NodeMeta>> {
             (name == "n1").then(|| {
-                Arc::new(Node {
+                Arc::new(NodeMeta {
                     metadata: meta(
                         "n1",
                         &[("kubernetes.io/os", "linux")],
                         &[("cluster.k8s.io/machine", "m-1"), ("other", "x")],
                     ),
-                    ..Node::default()
+                    ..NodeMeta::default()
                 })
             })
         }
@@ -425,15 +420,15 @@ mod tests {
             // A node without pods, listed before one with: the answer sorts them.
             vec!["n3".to_owned(), "n1".to_owned()]
         }
-        fn namespace(&self, name: &str) -> Option<Arc<Namespace>> {
+        fn namespace(&self, name: &str) -> Option<Arc<NamespaceMeta>> {
             match name {
-                "team-a" => Some(Arc::new(Namespace {
+                "team-a" => Some(Arc::new(NamespaceMeta {
                     metadata: meta("team-a", &[("team", "a")], &[("owner", "ops")]),
-                    ..Namespace::default()
+                    ..NamespaceMeta::default()
                 })),
-                "bare" => Some(Arc::new(Namespace {
+                "bare" => Some(Arc::new(NamespaceMeta {
                     metadata: meta("bare", &[], &[]),
-                    ..Namespace::default()
+                    ..NamespaceMeta::default()
                 })),
                 _ => None,
             }

@@ -13,6 +13,7 @@ pub(crate) mod auth;
 pub(crate) mod cluster_id;
 pub(crate) mod metadata;
 pub(crate) mod service;
+pub(crate) mod service_map;
 pub(crate) mod token;
 
 use std::net::SocketAddr;

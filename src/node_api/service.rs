@@ -265,10 +265,10 @@ mod tests {
         fn synced(&self) -> bool {
             true
         }
-        fn node(&self, _: &str) -> Option<Arc<k8s_openapi::api::core::v1::Node>> {
+        fn node(&self, _: &str) -> Option<Arc<crate::node_api::metadata::NodeMeta>> {
             None
         }
-        fn namespace(&self, _: &str) -> Option<Arc<k8s_openapi::api::core::v1::Namespace>> {
+        fn namespace(&self, _: &str) -> Option<Arc<crate::node_api::metadata::NamespaceMeta>> {
             None
         }
         fn node_names(&self) -> Vec<String> {
@@ -277,7 +277,7 @@ mod tests {
         fn services(
             &self,
         ) -> Result<
-            Arc<crate::node_api::metadata::ServiceMap>,
+            Arc<crate::node_api::service_map::ServiceMap>,
             crate::node_api::metadata::MapperUnavailable,
         > {
             Err(crate::node_api::metadata::MapperUnavailable::Disabled)

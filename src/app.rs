@@ -63,6 +63,9 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
         &settings.config_dir,
     )?;
     let local_token = crate::node_api::token::local(&settings.auth_token_file_path)?;
+    // Every subsystem registers its series before the telemetry server starts serving them.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let node_telemetry = crate::apiserver::telemetry::RouteTelemetry::register(&mut registry);
     let mapper_source = crate::metadata::MapperSource::choose(
         settings.kubernetes_use_endpoint_slices,
         capabilities.endpoint_slices,
@@ -102,13 +105,17 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
     let stop = shutdown.clone();
     tasks.spawn(
         async move {
+            let tokens = crate::node_api::Tokens {
+                node_agents: token,
+                local: local_token,
+            };
             let result = crate::node_api::run(
                 &node_settings,
                 node_client,
                 &node_namespace,
-                token,
-                local_token,
+                tokens,
                 Arc::new(metadata),
+                node_telemetry,
                 stop,
             )
             .await;
@@ -127,6 +134,19 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
             &shutdown,
             &mut tasks,
         )?;
+    }
+
+    if settings.metrics_port != 0 {
+        let addr = std::net::SocketAddr::new(settings.bind_host, settings.metrics_port);
+        let registry = Arc::new(registry);
+        let stop = shutdown.clone();
+        tasks.spawn(
+            async move {
+                let result = crate::telemetry::run(addr, registry, stop).await;
+                ("telemetry server", result.map_err(Into::into))
+            }
+            .instrument(tracing::info_span!("telemetry_server")),
+        );
     }
 
     let failure = supervise(&mut tasks, &shutdown).await;

@@ -23,5 +23,6 @@ pub mod node_api_bench {
     pub use crate::metadata::synthetic::{Shape, SyntheticCluster, node_name, serve};
 }
 pub(crate) mod shutdown;
+pub(crate) mod telemetry;
 pub mod tls;
 pub mod version;

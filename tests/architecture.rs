@@ -32,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
     // The APIs.
     ("external_metrics", 4),
     ("node_api", 4),
+    ("telemetry", 4),
     // What serves the metrics API its values (implements its seam).
     ("autoscaling", 5),
     ("metadata", 5),

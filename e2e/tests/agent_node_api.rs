@@ -130,6 +130,26 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
         assert_eq!(response.text().await.unwrap(), *body, "{auth:?}");
     }
 
+    // Every answer above is counted by handler and status on metrics_port's /metrics (the
+    // Go DCA's api_requests and api_elapsed), refusals included.
+    let scrape = reqwest::get(format!("http://127.0.0.1:{}/metrics", ports.prometheus))
+        .await
+        .unwrap();
+    assert_eq!(scrape.status().as_u16(), 200);
+    let telemetry = scrape.text().await.unwrap();
+    let series = |name: &str, status: u16| -> Option<u64> {
+        let prefix =
+            format!(r#"{name}{{handler="getVersion",status="{status}",forwarded="false"}} "#);
+        telemetry
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .and_then(|value| value.parse().ok())
+    };
+    assert_eq!(series("api_requests_total", 401), Some(2), "{telemetry}");
+    assert_eq!(series("api_requests_total", 403), Some(2), "{telemetry}");
+    assert!(series("api_requests_total", 200) >= Some(1), "{telemetry}");
+    assert_eq!(series("api_elapsed_count", 403), Some(2), "{telemetry}");
+
     // Node and namespace metadata, as the watches see them.
     let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
         pairs

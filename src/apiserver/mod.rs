@@ -19,3 +19,4 @@ pub mod seams;
 pub(crate) mod selector_cache;
 pub mod server;
 pub(crate) mod static_doc;
+pub(crate) mod telemetry;

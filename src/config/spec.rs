@@ -226,7 +226,7 @@ pub static SPECS: &[Spec] = &[
         "metrics_port",
         Kind::OptionalPort,
         "5000",
-        "Port of the Prometheus `/metrics` endpoint.",
+        "Port of the Prometheus `/metrics` endpoint (plain HTTP on `bind_host`; 0 = off): requests and latency of the node-agent API by handler and status (`api_requests`, `api_elapsed`).",
     ),
     spec(
         "health_port",
@@ -361,7 +361,6 @@ pub const NOT_YET_USED: &[&str] = &[
     "collect_kubernetes_events",
     "kubernetes_informers_resync_period",
     "expvar_port",
-    "metrics_port",
     "health_port",
     "external_metrics_provider.max_time_window",
 ];

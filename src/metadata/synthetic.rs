@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apiserver::seams::Answer;
 use crate::apiserver::server::serve_on;
+use crate::apiserver::telemetry::RouteTelemetry;
 use crate::config::Secret;
 use crate::metadata::{StoredEndpoints, StoredNamespace, StoredNode, mapper, trim, trim_endpoints};
 use crate::node_api::cluster_id::{ClusterIdError, ClusterIdSource};
@@ -250,6 +252,8 @@ pub async fn serve(
         Arc::new(FixedClusterId),
         Arc::new(Metadata(cluster)),
         vec!["cluster.k8s.io/machine".to_owned()],
+        // Counted as in production, on a registry of its own.
+        RouteTelemetry::register(&mut Registry::default()),
     );
     serve_on(listener, tls, service, shutdown).await;
     Ok(())

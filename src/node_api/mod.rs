@@ -26,20 +26,29 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apiserver::response::{Body, NOSNIFF, body_response};
 use crate::apiserver::server::{ServerError, bind, serve_on};
+use crate::apiserver::telemetry::RouteTelemetry;
 use crate::config::{Secret, Settings};
 use crate::tls::{ServerCertResolver, ServerTls, default_sans};
 
 const SERVER: &str = "node-agent API server";
 
+/// The two tokens the node-agent API takes ([`token`]).
+pub(crate) struct Tokens {
+    /// The node agents' (`cluster_agent.auth_token`).
+    pub(crate) node_agents: Secret,
+    /// Our own CLI's (`auth_token_file_path`).
+    pub(crate) local: Secret,
+}
+
 /// Serves the node-agent API on `bind_host:cluster_agent.cmd_port` until `shutdown`, then
-/// drains as the metrics server does.
+/// drains as the metrics server does. Requests are counted on `telemetry`.
 pub(crate) async fn run(
     settings: &Settings,
     client: kube::Client,
     namespace: &str,
-    token: Secret,
-    local_token: Secret,
+    tokens: Tokens,
     metadata: Arc<dyn metadata::MetadataSource>,
+    telemetry: RouteTelemetry,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let tls_error = |source| ServerError::Tls {
@@ -62,11 +71,12 @@ pub(crate) async fn run(
     tracing::info!(%addr, "node-agent API server listening");
     let cluster_id = Arc::new(cluster_id::KubeClusterId::new(client, namespace));
     let service = service::NodeApiService::new(
-        token,
-        local_token,
+        tokens.node_agents,
+        tokens.local,
         cluster_id,
         metadata,
         settings.kubernetes_node_annotations_as_host_aliases.clone(),
+        telemetry,
     );
     serve_on(listener, tls, service, shutdown).await;
     tracing::info!(%addr, "node-agent API server stopped");

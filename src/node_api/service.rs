@@ -2,6 +2,7 @@
 //! route), then the route.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -11,6 +12,7 @@ use serde::Serialize;
 use crate::apiserver::response::{Body, ResponseFuture, json_response};
 use crate::apiserver::seams::Answer;
 use crate::apiserver::server::Handler;
+use crate::apiserver::telemetry::RouteTelemetry;
 use crate::config::Secret;
 use crate::node_api::cluster_id::{ClusterIdError, ClusterIdSource};
 use crate::node_api::metadata::{self, MetadataSource};
@@ -31,6 +33,7 @@ struct Shared {
     cluster_id: Arc<dyn ClusterIdSource>,
     metadata: Arc<dyn MetadataSource>,
     host_alias_annotations: Vec<String>,
+    telemetry: RouteTelemetry,
 }
 
 /// An answer known within `call`, or one that must wait for the cluster id.
@@ -83,6 +86,7 @@ impl NodeApiService {
         cluster_id: Arc<dyn ClusterIdSource>,
         metadata: Arc<dyn MetadataSource>,
         host_alias_annotations: Vec<String>,
+        telemetry: RouteTelemetry,
     ) -> Self {
         NodeApiService {
             shared: Arc::new(Shared {
@@ -92,6 +96,7 @@ impl NodeApiService {
                 cluster_id,
                 metadata,
                 host_alias_annotations,
+                telemetry,
             }),
         }
     }
@@ -159,16 +164,17 @@ impl Handler for NodeApiService {
         parts: Parts,
         _peer: impl FnOnce(&Parts) -> Arc<PeerIdentity>,
     ) -> ResponseFuture {
+        let started = Instant::now();
         match self.respond(&parts) {
             Reply::Now(response) => {
-                log_request(&parts, &response);
+                finish(&self.shared.telemetry, &parts, &response, started);
                 ResponseFuture::ready(response)
             }
             Reply::ClusterIdLater => {
                 let shared = Arc::clone(&self.shared);
                 ResponseFuture::pending(async move {
                     let response = cluster_id_response(shared.cluster_id.cluster_id().wait().await);
-                    log_request(&parts, &response);
+                    finish(&shared.telemetry, &parts, &response, started);
                     response
                 })
             }
@@ -183,7 +189,35 @@ fn method_not_allowed(head: bool) -> http::Response<Body> {
     response
 }
 
-fn log_request(parts: &Parts, response: &http::Response<Body>) {
+/// The `handler` label of a request: the name of the Go DCA's handler for its route (a
+/// refused request counts under the route it asked for, a path of none as `unknown`).
+fn handler_name(path: &str) -> &'static str {
+    use metadata::MetadataRoute as R;
+    match metadata::parse(path) {
+        Some(R::AllPods) => "getAllMetadata",
+        Some(R::PodsOfNode(_)) => "getPodMetadataForNode",
+        Some(R::PodTags { .. }) => "getPodMetadata",
+        Some(R::NodeLabels(_)) => "getNodeLabels",
+        Some(R::NodeAnnotations(_)) => "getNodeAnnotations",
+        Some(R::NamespaceLabels(_)) => "getNamespaceLabels",
+        Some(R::NamespaceMetadata(_)) => "getNamespaceMetadata",
+        None if path == "/version" => "getVersion",
+        None if path == CLUSTER_ID_PATH => "getClusterID",
+        None => "unknown",
+    }
+}
+
+fn finish(
+    telemetry: &RouteTelemetry,
+    parts: &Parts,
+    response: &http::Response<Body>,
+    started: Instant,
+) {
+    telemetry.record(
+        handler_name(parts.uri.path()),
+        response.status(),
+        started.elapsed(),
+    );
     tracing::debug!(
         method = %parts.method,
         path = parts.uri.path(),
@@ -301,6 +335,7 @@ mod tests {
             ids,
             Arc::new(NoMetadata),
             Vec::new(),
+            RouteTelemetry::unregistered(),
         );
         let response = futures::executor::block_on(
             service.start(parts, |_| Arc::new(PeerIdentity::Anonymous)),

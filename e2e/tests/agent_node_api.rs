@@ -508,8 +508,17 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
     let stored = configmaps.get("datadog-cluster-id").await.unwrap();
     assert_eq!(stored.data.unwrap()["id"], uid);
 
-    // A second replica answers the same, from the ConfigMap (every replica serves).
+    // A second replica answers the same, from the ConfigMap (every replica serves). It
+    // serves the certificate of ipc_cert_file_path (chain and key in one PEM file) instead
+    // of a self-signed one.
     let other_ports = AgentPorts::pick().unwrap();
+    let ipc_cert = cert.dir().join("ipc_cert.pem");
+    let pem = [
+        std::fs::read_to_string(cert.dir().join("tls.crt")).unwrap(),
+        std::fs::read_to_string(cert.dir().join("tls.key")).unwrap(),
+    ]
+    .concat();
+    std::fs::write(&ipc_cert, pem).unwrap();
     let other_settings = agent_settings(
         &cp,
         &binary,
@@ -517,7 +526,8 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
         &double,
         &cert,
         other_ports,
-    );
+    )
+    .env("DD_IPC_CERT_FILE_PATH", ipc_cert.display().to_string());
     let other = Agent::spawn(other_settings).await.unwrap();
     let other_endpoint = format!("https://127.0.0.1:{}", other_ports.cmd);
     let other_client = NodeAgentClient::new(&other_endpoint, TOKEN).unwrap();
@@ -532,6 +542,27 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
     .await
     .unwrap();
     assert_eq!(from_other, uid);
+    // A client that trusts only the test CA completes the handshake: the configured
+    // certificate is the one served (a self-signed one would fail verification).
+    let verifying = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.ca_pem().as_bytes()).unwrap()])
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let verified = verifying
+        .get(format!("{other_endpoint}/version"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verified.status().as_u16(), 200);
+    // The first replica's self-signed certificate does not verify against it.
+    let unverified = verifying.get(&url).bearer_auth(TOKEN).send().await;
+    assert!(
+        unverified.is_err(),
+        "a self-signed certificate verified: {unverified:?}"
+    );
     drop(other);
 
     // And the same after a restart.

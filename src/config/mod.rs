@@ -215,6 +215,8 @@ pub struct Settings {
     /// The local CLI token's file (`auth_token_file_path`, else `auth_token` in
     /// `config_dir`).
     pub auth_token_file_path: PathBuf,
+    /// The node-agent API's certificate and key, one PEM file; `None`: self-signed.
+    pub ipc_cert_file_path: Option<PathBuf>,
     pub kubernetes_apiserver_client_timeout: Duration,
     pub expvar_port: u16,
     pub metrics_port: u16,
@@ -420,6 +422,7 @@ impl Settings {
             kubernetes_kubeconfig_path: r
                 .opt_string("kubernetes_kubeconfig_path")
                 .map(PathBuf::from),
+            ipc_cert_file_path: r.opt_string("ipc_cert_file_path").map(PathBuf::from),
             kubernetes_apiserver_client_timeout: r
                 .duration("kubernetes_apiserver_client_timeout")?,
             expvar_port: r.optional_port("expvar_port")?,

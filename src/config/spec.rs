@@ -126,6 +126,12 @@ pub static SPECS: &[Spec] = &[
         "File holding the local token of our own CLI (`metamap`), read by the CLI and accepted by the node-agent API; default: `auth_token` beside the config file, created (64 hex characters, mode 0600) when missing.",
     ),
     spec(
+        "ipc_cert_file_path",
+        Kind::Str,
+        "",
+        "PEM file holding the certificate chain and private key the node-agent API serves (re-read when it changes); unset: a self-signed certificate generated at every start, as the Go DCA serves.",
+    ),
+    spec(
         "cluster_agent.token_name",
         Kind::Str,
         "datadogtoken",

@@ -1,8 +1,9 @@
 //! The node-agent API on `cluster_agent.cmd_port` (5005): what node agents
 //! (`DD_CLUSTER_AGENT_ENABLED=true`) call, over TLS, with the shared bearer token.
 //!
-//! Built so far: the server (TLS 1.3, or 1.2 with `cluster_agent.allow_legacy_tls`, a
-//! self-signed certificate as the Go DCA serves), the token check ([`auth`]), `/version`,
+//! The server (TLS 1.3, or 1.2 with `cluster_agent.allow_legacy_tls`; the certificate of
+//! `ipc_cert_file_path`, else a self-signed one as the Go DCA serves), requests counted by
+//! handler and status on the Prometheus registry, the token check ([`auth`]), `/version`,
 //! `/api/v1/cluster/id` ([`cluster_id`]), the node, namespace and pod tag routes
 //! ([`metadata`]), and `/api/v1/tags/pod`, which only our CLI's local token opens
 //! ([`token`], `metamap`).
@@ -28,9 +29,29 @@ use crate::apiserver::response::{Body, NOSNIFF, body_response};
 use crate::apiserver::server::{ServerError, bind, serve_on};
 use crate::apiserver::telemetry::RouteTelemetry;
 use crate::config::{Secret, Settings};
-use crate::tls::{ServerCertResolver, ServerTls, default_sans};
+use crate::tls::{DEFAULT_RELOAD_INTERVAL, ServerCertResolver, ServerTls, default_sans};
 
 const SERVER: &str = "node-agent API server";
+
+/// `ipc_cert_file_path` (certificate chain and key in one PEM file, re-read when it
+/// changes, until `shutdown`), else a certificate generated now. Node agents do not verify
+/// it (Go's InsecureSkipVerify); the generated one names the Service anyway, and localhost
+/// for the local CLI.
+fn certificate(
+    settings: &Settings,
+    namespace: &str,
+    shutdown: &CancellationToken,
+) -> Result<Arc<ServerCertResolver>, crate::tls::TlsError> {
+    if let Some(path) = &settings.ipc_cert_file_path {
+        let certs = ServerCertResolver::from_files(path, path)?;
+        drop(certs.spawn_reloader(DEFAULT_RELOAD_INTERVAL, shutdown.clone()));
+        tracing::info!(path = %path.display(), "{SERVER} serves the certificate in ipc_cert_file_path");
+        return Ok(certs);
+    }
+    let mut sans = default_sans(&settings.cluster_agent.kubernetes_service_name, namespace);
+    sans.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+    ServerCertResolver::self_signed(&sans)
+}
 
 /// The two tokens the node-agent API takes ([`token`]).
 pub(crate) struct Tokens {
@@ -55,11 +76,7 @@ pub(crate) async fn run(
         server: SERVER,
         source,
     };
-    // Node agents do not verify it (Go's InsecureSkipVerify); it names the Service anyway,
-    // and localhost for the local CLI.
-    let mut sans = default_sans(&settings.cluster_agent.kubernetes_service_name, namespace);
-    sans.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
-    let certs = ServerCertResolver::self_signed(&sans).map_err(tls_error)?;
+    let certs = certificate(settings, namespace, &shutdown).map_err(tls_error)?;
     let tls = if settings.cluster_agent.allow_legacy_tls {
         ServerTls::new(certs, None)
     } else {

@@ -276,10 +276,26 @@ where
         + Sync
         + 'static,
 {
-    let stream = watcher(api, watcher::Config::default())
+    let events = watcher(api, watcher::Config::default())
         .default_backoff()
-        .modify(trim_object)
-        .reflect(writer);
+        .modify(trim_object);
+    follow(kind, events, writer, synced, changed, shutdown).await
+}
+
+/// Applies `events` to `writer`'s store; marks `synced` at the first complete list and
+/// tells `changed` of every change from then on (a re-list only once it is complete).
+async fn follow<K>(
+    kind: &'static str,
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>>,
+    writer: reflector::store::Writer<K>,
+    synced: Arc<AtomicBool>,
+    changed: Option<Arc<Notify>>,
+    shutdown: CancellationToken,
+) -> Result<(), MetadataError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    let stream = events.reflect(writer);
     futures::pin_mut!(stream);
     loop {
         let event = tokio::select! {
@@ -344,7 +360,115 @@ where
 
 #[cfg(test)]
 mod tests {
+    use futures::channel::mpsc;
+
     use super::*;
+
+    fn endpoints(name: &str, pods: &[&str]) -> StoredEndpoints {
+        let addresses: Vec<_> = pods
+            .iter()
+            .map(|pod| serde_json::json!({"nodeName": "n1", "targetRef": {"kind": "Pod", "name": pod}}))
+            .collect();
+        let object = serde_json::json!({
+            "metadata": {"name": name, "namespace": "shop"},
+            "subsets": [{"addresses": addresses}],
+        });
+        serde_json::from_value(object).expect("parses")
+    }
+
+    /// The pods of node n1 in the published map (`None`: no map yet).
+    fn published(services: &RwLock<Option<Arc<ServiceMap>>>) -> Option<Vec<String>> {
+        let map = services
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        let pods = map.node("n1").map_or_else(Vec::new, |node| {
+            node.namespaces()
+                .iter()
+                .flat_map(|ns| ns.pods())
+                .map(|pod| pod.name().to_owned())
+                .collect()
+        });
+        Some(pods)
+    }
+
+    async fn settle() {
+        // Well past the rebuild's debounce; the clock is paused, so this is exact.
+        tokio::time::sleep(REBUILD_DEBOUNCE * 5).await;
+    }
+
+    // A watch that drops or gets 410 Gone starts over with a new list (Init, InitApply...,
+    // InitDone). Until that list is complete the old store and map keep answering; then
+    // what the new list lacks is gone, and at no point is an empty map published.
+    #[tokio::test(start_paused = true)]
+    async fn a_relist_replaces_the_map_only_once_it_is_complete() {
+        use watcher::Event::{Delete, Init, InitApply, InitDone};
+        let (events, received) = mpsc::unbounded();
+        let (store, writer) = reflector::store();
+        let synced = Arc::new(AtomicBool::new(false));
+        let changed = Arc::new(Notify::new());
+        let services = Arc::new(RwLock::new(None));
+        let shutdown = CancellationToken::new();
+        let follower = tokio::spawn(follow(
+            "Endpoints",
+            received.map(Ok),
+            writer,
+            Arc::clone(&synced),
+            Some(Arc::clone(&changed)),
+            shutdown.clone(),
+        ));
+        let rebuilder = tokio::spawn(rebuild(
+            store.clone(),
+            |store| mapper::build(store.iter().map(|e| &**e)),
+            Arc::clone(&synced),
+            changed,
+            Arc::clone(&services),
+            shutdown.clone(),
+        ));
+        let send = |event| events.unbounded_send(event).expect("follower alive");
+
+        send(Init);
+        send(InitApply(endpoints("web", &["web-1"])));
+        settle().await;
+        assert!(!synced.load(Ordering::Acquire));
+        assert_eq!(
+            published(&services),
+            None,
+            "no map before the first list is complete"
+        );
+        send(InitApply(endpoints("db", &["db-0"])));
+        send(InitDone);
+        settle().await;
+        assert_eq!(
+            published(&services),
+            Some(vec!["db-0".into(), "web-1".into()])
+        );
+
+        // The re-list: half of it in, the old answers stand.
+        send(Init);
+        send(InitApply(endpoints("web", &["web-1", "web-2"])));
+        settle().await;
+        assert_eq!(
+            published(&services),
+            Some(vec!["db-0".into(), "web-1".into()])
+        );
+        assert_eq!(store.state().len(), 2, "the store is not half replaced");
+        send(InitDone);
+        settle().await;
+        assert_eq!(
+            published(&services),
+            Some(vec!["web-1".into(), "web-2".into()])
+        );
+
+        // Watch events after the list apply one by one.
+        send(Delete(endpoints("web", &[])));
+        settle().await;
+        assert_eq!(published(&services), Some(vec![]));
+
+        shutdown.cancel();
+        assert!(follower.await.expect("no panic").is_ok());
+        assert!(rebuilder.await.expect("no panic").is_ok());
+    }
 
     // What a metadata-only list or watch (`as=PartialObjectMetadata`) sends for a Node.
     #[test]

@@ -18,6 +18,7 @@
 # the load other processes put on the machine changes less between them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/common.sh
 
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10}
@@ -43,22 +44,7 @@ fi
 mkdir -p "$OUT"
 rm -f "$OUT"/*.txt "$OUT"/*.log "$OUT"/*.tsv "$OUT"/summary.md
 
-echo "nproc: $(nproc); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-free -h | head -2
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-
-server_pid=""
-stop_server() {
-    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM "$server_pid"
-        wait "$server_pid" || true
-    fi
-    server_pid=""
-}
-trap stop_server EXIT
-
-# User + system CPU time of the server so far, in clock ticks.
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$server_pid/stat"; }
+describe_machine
 
 # p50/p99 in ms from an h2load log (tab-separated: start µs, status, duration µs).
 h2_percentiles() {
@@ -66,14 +52,6 @@ h2_percentiles() {
         if (NR == 0) { print "0 0"; exit }
         i50 = int(NR * 0.50 + 0.999999); i99 = int(NR * 0.99 + 0.999999)
         printf "%.3f %.3f\n", v[i50] / 1000, v[i99] / 1000 }'
-}
-
-# wrk prints "50%  1.23ms"; normalise to ms.
-wrk_percentile() {
-    awk -v p="$2" '$1 == p {
-        x = $2; unit = x; gsub(/[0-9.]/, "", unit); sub(/[a-z]+$/, "", x)
-        if (unit == "us") x /= 1000; else if (unit == "s") x *= 1000
-        printf "%.3f\n", x }' "$1"
 }
 
 run_one() {
@@ -137,7 +115,6 @@ for round in $(seq "$ROUNDS"); do
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 col() { awk -v m="$1" -v k="$2" -v c="$3" '$1 == m && $3 == k { print $c }' "$OUT/results.log" | median; }
 {
     echo

@@ -23,6 +23,7 @@
 # under each load and at peak, and for each load req/s, p50/p99 and server CPU per request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/common.sh
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
@@ -65,30 +66,9 @@ LUA
 { cat "$OUT/nodes.lua"; echo "delay = function() return math.random(0, 2 * $PACE_MS) end"; } \
     >"$OUT/paced.lua"
 
-echo "nproc: $(nproc); CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
-free -h | head -2
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+describe_machine
 
-server_pid=""
-stop_server() {
-    if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-        kill -TERM "$server_pid"
-        wait "$server_pid" || true
-    fi
-    server_pid=""
-}
-trap stop_server EXIT
-
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$server_pid/stat"; }
 status_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$server_pid/status"; }
-
-# wrk prints "50%  1.23ms"; normalise to ms.
-wrk_percentile() {
-    awk -v p="$2" '$1 == p {
-        x = $2; unit = x; gsub(/[0-9.]/, "", unit); sub(/[a-z]+$/, "", x)
-        if (unit == "us") x /= 1000; else if (unit == "s") x *= 1000
-        printf "%.3f\n", x }' "$1"
-}
 
 run_one() {
     local round=$1 log="$OUT/server-$1.log"
@@ -162,7 +142,6 @@ for round in $(seq "$ROUNDS"); do
 done
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 col() { awk -v c="$1" '{ print $c }' "$OUT/results.log" | median; }
 {
     echo

@@ -13,6 +13,7 @@
 //! (if any) the process installed as its default.
 #![forbid(unsafe_code)]
 
+mod any_server_cert;
 mod certs;
 mod client_auth;
 mod config;
@@ -25,6 +26,7 @@ mod tests;
 
 use std::path::PathBuf;
 
+pub use any_server_cert::accept_any_server_certificate;
 pub use certs::{
     CertSource, DEFAULT_RELOAD_INTERVAL, SelfSignedCert, ServerCertResolver, default_sans,
     generate_self_signed,

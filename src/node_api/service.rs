@@ -38,11 +38,13 @@ struct Shared {
 
 /// An answer known within `call`, or one that must wait for the cluster id.
 enum Reply {
-    Now(http::Response<Body>),
+    /// With its `handler` label.
+    Now(&'static str, http::Response<Body>),
     ClusterIdLater,
 }
 
 const CLUSTER_ID_PATH: &str = "/api/v1/cluster/id";
+const CLUSTER_ID_HANDLER: &str = "getClusterID";
 
 /// `pkg/version.Version`: Go has no json tags on it, hence the capitalised keys, which node
 /// agents read to pick their calls (bulk pod tags from 1.3, namespace metadata from 7.55).
@@ -109,11 +111,12 @@ impl NodeApiService {
         {
             // A deferred answer is dropped unstarted and asked again in the request's future.
             return match self.shared.cluster_id.cluster_id() {
-                Answer::Ready(id) => Reply::Now(cluster_id_response(id)),
+                Answer::Ready(id) => Reply::Now(CLUSTER_ID_HANDLER, cluster_id_response(id)),
                 Answer::Later(_) => Reply::ClusterIdLater,
             };
         }
-        Reply::Now(self.respond_now(parts, head))
+        let (handler, response) = self.respond_now(parts, head);
+        Reply::Now(handler, response)
     }
 
     /// External paths take the node agents' token or ours (the CLI reads a node's pods
@@ -127,7 +130,19 @@ impl NodeApiService {
         }
     }
 
-    fn respond_now(&self, parts: &Parts, head: bool) -> http::Response<Body> {
+    /// The answer, and the `handler` label it is counted under.
+    fn respond_now(&self, parts: &Parts, head: bool) -> (&'static str, http::Response<Body>) {
+        let route = metadata::parse(parts.uri.path());
+        let handler = handler_name(route, parts.uri.path());
+        (handler, self.answer(parts, route, head))
+    }
+
+    fn answer(
+        &self,
+        parts: &Parts,
+        route: Option<metadata::MetadataRoute<'_>>,
+        head: bool,
+    ) -> http::Response<Body> {
         if let Err(refusal) = self.authenticate(parts) {
             tracing::debug!(
                 refusal = refusal.kind(),
@@ -136,7 +151,7 @@ impl NodeApiService {
             );
             return refusal.response(head);
         }
-        if let Some(route) = metadata::parse(parts.uri.path()) {
+        if let Some(route) = route {
             return if parts.method == Method::GET {
                 metadata::answer(
                     &*self.shared.metadata,
@@ -166,15 +181,21 @@ impl Handler for NodeApiService {
     ) -> ResponseFuture {
         let started = Instant::now();
         match self.respond(&parts) {
-            Reply::Now(response) => {
-                finish(&self.shared.telemetry, &parts, &response, started);
+            Reply::Now(handler, response) => {
+                finish(&self.shared.telemetry, handler, &parts, &response, started);
                 ResponseFuture::ready(response)
             }
             Reply::ClusterIdLater => {
                 let shared = Arc::clone(&self.shared);
                 ResponseFuture::pending(async move {
                     let response = cluster_id_response(shared.cluster_id.cluster_id().wait().await);
-                    finish(&shared.telemetry, &parts, &response, started);
+                    finish(
+                        &shared.telemetry,
+                        CLUSTER_ID_HANDLER,
+                        &parts,
+                        &response,
+                        started,
+                    );
                     response
                 })
             }
@@ -191,9 +212,9 @@ fn method_not_allowed(head: bool) -> http::Response<Body> {
 
 /// The `handler` label of a request: the name of the Go DCA's handler for its route (a
 /// refused request counts under the route it asked for, a path of none as `unknown`).
-fn handler_name(path: &str) -> &'static str {
+fn handler_name(route: Option<metadata::MetadataRoute<'_>>, path: &str) -> &'static str {
     use metadata::MetadataRoute as R;
-    match metadata::parse(path) {
+    match route {
         Some(R::AllPods) => "getAllMetadata",
         Some(R::PodsOfNode(_)) => "getPodMetadataForNode",
         Some(R::PodTags { .. }) => "getPodMetadata",
@@ -202,22 +223,19 @@ fn handler_name(path: &str) -> &'static str {
         Some(R::NamespaceLabels(_)) => "getNamespaceLabels",
         Some(R::NamespaceMetadata(_)) => "getNamespaceMetadata",
         None if path == "/version" => "getVersion",
-        None if path == CLUSTER_ID_PATH => "getClusterID",
+        None if path == CLUSTER_ID_PATH => CLUSTER_ID_HANDLER,
         None => "unknown",
     }
 }
 
 fn finish(
     telemetry: &RouteTelemetry,
+    handler: &'static str,
     parts: &Parts,
     response: &http::Response<Body>,
     started: Instant,
 ) {
-    telemetry.record(
-        handler_name(parts.uri.path()),
-        response.status(),
-        started.elapsed(),
-    );
+    telemetry.record(handler, response.status(), started.elapsed());
     tracing::debug!(
         method = %parts.method,
         path = parts.uri.path(),
@@ -350,6 +368,26 @@ mod tests {
 
     fn call(method: Method, path: &str, auth: Option<&str>) -> (StatusCode, String) {
         call_with(FixedId::new(false, false), method, path, auth)
+    }
+
+    #[test]
+    fn requests_are_labelled_with_the_go_handlers_names() {
+        let cases = [
+            ("/version", "getVersion"),
+            ("/api/v1/cluster/id", "getClusterID"),
+            ("/api/v1/tags/pod", "getAllMetadata"),
+            ("/api/v1/tags/pod/n1", "getPodMetadataForNode"),
+            ("/api/v1/tags/pod/n1/shop/web-1", "getPodMetadata"),
+            ("/api/v1/tags/node/n1", "getNodeLabels"),
+            ("/api/v1/annotations/node/n1", "getNodeAnnotations"),
+            ("/api/v1/tags/namespace/shop", "getNamespaceLabels"),
+            ("/api/v1/metadata/namespace/shop", "getNamespaceMetadata"),
+            ("/api/v1/tags/pod/n1/shop", "unknown"),
+            ("/metrics", "unknown"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(handler_name(metadata::parse(path), path), want, "{path}");
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// How often the metric source's readiness is re-evaluated for `/readyz`.
 const READINESS_POLL: Duration = Duration::from_secs(1);
 
+mod collector;
+
 type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 
 pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -124,8 +126,8 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
         .instrument(tracing::info_span!("node_api_server")),
     );
 
-    if settings.external_metrics.enabled {
-        start_external_metrics(
+    let external_metrics = if settings.external_metrics.enabled {
+        Some(start_external_metrics(
             &settings,
             client,
             capabilities,
@@ -133,8 +135,15 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
             &leader,
             &shutdown,
             &mut tasks,
-        )?;
-    }
+        )?)
+    } else {
+        None
+    };
+    registry.register_collector(Box::new(collector::AgentCollector {
+        leader: leader.clone(),
+        election: settings.leader_election.enabled,
+        external_metrics,
+    }));
 
     if settings.metrics_port != 0 {
         let addr = std::net::SocketAddr::new(settings.bind_host, settings.metrics_port);
@@ -169,11 +178,12 @@ fn start_external_metrics(
     leader: &crate::leader::LeaderHandle,
     shutdown: &CancellationToken,
     tasks: &mut Tasks,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<collector::ExternalMetricsTelemetry> {
     use crate::apiserver::auth::{AuthOptions, DelegatingAuth};
 
     let resolver = crate::datadog::DatadogResolver::from_settings(settings)
         .context("cannot build the Datadog client for external metrics")?;
+    let datadog_telemetry = resolver.telemetry();
     let autoscaling = crate::autoscaling::spawn(
         client.clone(),
         &settings.external_metrics,
@@ -184,6 +194,10 @@ fn start_external_metrics(
         shutdown.clone(),
     )?;
     let source = autoscaling.source.clone();
+    let telemetry = collector::ExternalMetricsTelemetry {
+        datadog: datadog_telemetry,
+        autoscaling: Arc::clone(&autoscaling.telemetry),
+    };
     tasks.spawn(
         async move { ("autoscaling", autoscaling.join().await.map_err(Into::into)) }
             .instrument(tracing::info_span!("autoscaling_supervisor")),
@@ -236,7 +250,7 @@ fn start_external_metrics(
         }
         .instrument(tracing::info_span!("external_metrics_server")),
     );
-    Ok(())
+    Ok(telemetry)
 }
 
 fn replace_if_changed(current: &mut Readiness, next: Readiness) -> bool {

@@ -868,6 +868,47 @@ async fn datadog_faults_never_scale_hpas() {
     wait_scaling_active(&cp, "web", 10.0).await;
     replicas_hold(&cp, &scaled, Duration::from_secs(3)).await;
 
+    step("/metrics counts every Datadog call the double saw, by outcome");
+    let scrape_url = format!("http://127.0.0.1:{}/metrics", ports.prometheus);
+    let scrape_url = &scrape_url;
+    // The agent counts a call once it has the answer, so between a refresh's request and
+    // its answer the two differ; they agree whenever no call is in flight.
+    let (success, error, rate_limited) = eventually(
+        "the agent's Datadog counters match the double's log",
+        GENEROUS,
+        || async move {
+            let text = reqwest::get(scrape_url).await?.text().await?;
+            let value = |prefix: &str| -> Option<u64> {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(prefix))
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            let (Some(success), Some(error), Some(rate_limited), Some(retries)) = (
+                value(r#"datadog_requests_total{status="success"} "#),
+                value(r#"datadog_requests_total{status="error"} "#),
+                value(r#"datadog_requests_total{status="rate_limit_error"} "#),
+                value("datadog_request_retries_total "),
+            ) else {
+                return Ok(None);
+            };
+            let seen = doubled.requests_to("/api/v1/query").len() as u64;
+            Ok(
+                (success + error + rate_limited + retries == seen).then_some((
+                    success,
+                    error,
+                    rate_limited,
+                )),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    // This run had malformed answers, 503s and a 429.
+    assert!(
+        success > 0 && error > 0 && rate_limited > 0,
+        "{success} {error} {rate_limited}"
+    );
+
     step("SIGTERM: exit 0 within the drain bound");
     let status = stop_and_time(&mut agent);
     assert!(status.success(), "exited with {status:?}");

@@ -232,7 +232,7 @@ pub static SPECS: &[Spec] = &[
         "metrics_port",
         Kind::OptionalPort,
         "5000",
-        "Port of the Prometheus `/metrics` endpoint (plain HTTP on `bind_host`; 0 = off): requests and latency of the node-agent API by handler and status (`api_requests`, `api_elapsed`).",
+        "Port of the Prometheus `/metrics` endpoint (plain HTTP on `bind_host`; 0 = off): node-agent API requests and latency by handler and status (`api_requests`, `api_elapsed`), Datadog calls by outcome (`datadog_requests`), the rate-limit gauges (`rate_limit_queries_*`), `leader_election_is_leader`, and the external-metrics store and cache counters.",
     ),
     spec(
         "health_port",

@@ -145,16 +145,22 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
         external_metrics,
     }));
 
-    if settings.metrics_port != 0 {
-        let addr = std::net::SocketAddr::new(settings.bind_host, settings.metrics_port);
-        let registry = Arc::new(registry);
+    let expvar = crate::telemetry::Expvar::new(std::env::args().collect());
+    let listeners = crate::telemetry::plan(
+        settings.metrics_port,
+        settings.expvar_port,
+        Arc::new(registry),
+        Arc::new(expvar),
+    );
+    for (port, routes) in listeners {
+        let addr = std::net::SocketAddr::new(settings.bind_host, port);
         let stop = shutdown.clone();
         tasks.spawn(
             async move {
-                let result = crate::telemetry::run(addr, registry, stop).await;
+                let result = crate::telemetry::run(addr, routes, stop).await;
                 ("telemetry server", result.map_err(Into::into))
             }
-            .instrument(tracing::info_span!("telemetry_server")),
+            .instrument(tracing::info_span!("telemetry_server", port)),
         );
     }
 

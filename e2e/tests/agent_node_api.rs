@@ -150,6 +150,28 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
     assert!(series("api_requests_total", 200) >= Some(1), "{telemetry}");
     assert_eq!(series("api_elapsed_count", 403), Some(2), "{telemetry}");
 
+    // expvar_port (here not metrics_port, so its own listener) serves /debug/vars only: this
+    // process's figures.
+    let expvar = format!("http://127.0.0.1:{}", ports.expvar);
+    let vars = reqwest::get(format!("{expvar}/debug/vars")).await.unwrap();
+    assert_eq!(vars.status().as_u16(), 200);
+    let vars: serde_json::Value = vars.json().await.unwrap();
+    assert_eq!(vars["process"]["pid"], agent.pid(), "{vars}");
+    assert!(
+        vars["process"]["rss_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 1 << 20),
+        "{vars}"
+    );
+    assert!(
+        vars["cmdline"]
+            .as_array()
+            .is_some_and(|args| args.iter().any(|a| a == "start")),
+        "{vars}"
+    );
+    let wrong_port = reqwest::get(format!("{expvar}/metrics")).await.unwrap();
+    assert_eq!(wrong_port.status().as_u16(), 404);
+
     // Node and namespace metadata, as the watches see them.
     let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
         pairs

@@ -226,7 +226,7 @@ pub static SPECS: &[Spec] = &[
         "expvar_port",
         Kind::OptionalPort,
         "5000",
-        "Port of the expvar-style JSON telemetry.",
+        "Port of the expvar-style JSON document `/debug/vars` (plain HTTP on `bind_host`; 0 = off): command line, pid, resident memory, uptime, version. The same listener as `/metrics` when the two ports are equal.",
     ),
     spec(
         "metrics_port",
@@ -366,7 +366,6 @@ pub const NOT_YET_USED: &[&str] = &[
     "cluster_agent.token_name",
     "collect_kubernetes_events",
     "kubernetes_informers_resync_period",
-    "expvar_port",
     "health_port",
     "external_metrics_provider.max_time_window",
 ];

@@ -373,7 +373,6 @@ proptest::proptest! {
 fn start_warns_about_malformed_settings_nothing_reads_yet() {
     let dir = tempfile::tempdir().unwrap();
     let env = [
-        ("DD_EXPVAR_PORT", "70000"),
         ("DD_HEALTH_PORT", "-1"),
         ("DD_COLLECT_KUBERNETES_EVENTS", "perhaps"),
     ];
@@ -381,13 +380,12 @@ fn start_warns_about_malformed_settings_nothing_reads_yet() {
     assert!(load(None, &env).is_err());
     // ...but `start` goes on with the defaults and one warning each.
     let (s, warnings) = Settings::load_leniently(None, dir.path(), &env_of(&env)).unwrap();
-    assert_eq!(s.expvar_port, 5000);
     assert_eq!(s.health_port, 0);
     assert!(!s.collect_kubernetes_events);
-    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
     for (w, key) in warnings
         .iter()
-        .zip(["collect_kubernetes_events", "expvar_port", "health_port"])
+        .zip(["collect_kubernetes_events", "health_port"])
     {
         assert!(w.contains(key) && w.contains("not used yet"), "{w}");
     }
@@ -395,6 +393,7 @@ fn start_warns_about_malformed_settings_nothing_reads_yet() {
     for used in [
         ("DD_LEADER_ELECTION", "perhaps"),
         ("DD_CLUSTER_AGENT_CMD_PORT", "70000"),
+        ("DD_EXPVAR_PORT", "70000"),
     ] {
         assert!(Settings::load_leniently(None, dir.path(), &env_of(&[used])).is_err());
     }

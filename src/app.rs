@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::apiserver::seams::Readiness;
 use crate::config::Settings;
+use crate::health::Gate;
 
 /// How long shutdown waits for subsystems to finish draining before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -78,6 +79,21 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
         mapper_source,
         shutdown.clone(),
     );
+    let health = crate::health::Health::new();
+    let metadata = Arc::new(metadata);
+    let synced = Arc::clone(&metadata);
+    health.register(
+        "metadata-store",
+        Gate::Readiness,
+        Box::new(move || {
+            use crate::node_api::metadata::MetadataSource;
+            if synced.synced() {
+                Ok(())
+            } else {
+                Err("the first lists of nodes and namespaces are not in yet (check the watches in the logs and the RBAC for nodes and namespaces)".to_owned())
+            }
+        }),
+    );
     let crate::metadata::Tasks {
         nodes,
         namespaces,
@@ -105,6 +121,10 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
     let node_namespace = namespace.clone();
     let node_client = client.clone();
     let stop = shutdown.clone();
+    let sources = crate::node_api::Sources {
+        metadata,
+        health: Arc::clone(&health),
+    };
     tasks.spawn(
         async move {
             let tokens = crate::node_api::Tokens {
@@ -116,7 +136,7 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
                 node_client,
                 &node_namespace,
                 tokens,
-                Arc::new(metadata),
+                sources,
                 node_telemetry,
                 stop,
             )
@@ -129,10 +149,13 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
     let external_metrics = if settings.external_metrics.enabled {
         Some(start_external_metrics(
             &settings,
-            client,
-            capabilities,
+            crate::k8s::Connection {
+                client,
+                capabilities,
+            },
             &namespace,
             &leader,
+            &health,
             &shutdown,
             &mut tasks,
         )?)
@@ -146,12 +169,17 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
     }));
 
     let expvar = crate::telemetry::Expvar::new(std::env::args().collect());
-    let listeners = crate::telemetry::plan(
-        settings.metrics_port,
-        settings.expvar_port,
-        Arc::new(registry),
-        Arc::new(expvar),
-    );
+    let ports = crate::telemetry::Ports {
+        metrics: settings.metrics_port,
+        expvar: settings.expvar_port,
+        health: settings.health_port,
+    };
+    let routes = crate::telemetry::Routes {
+        metrics: Some(Arc::new(registry)),
+        expvar: Some(Arc::new(expvar)),
+        health: Some(health),
+    };
+    let listeners = crate::telemetry::plan(ports, routes);
     for (port, routes) in listeners {
         let addr = std::net::SocketAddr::new(settings.bind_host, port);
         let stop = shutdown.clone();
@@ -178,18 +206,29 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
 
 fn start_external_metrics(
     settings: &Settings,
-    client: kube::Client,
-    capabilities: crate::k8s::ApiCapabilities,
+    connection: crate::k8s::Connection,
     namespace: &str,
     leader: &crate::leader::LeaderHandle,
+    health: &crate::health::Health,
     shutdown: &CancellationToken,
     tasks: &mut Tasks,
 ) -> anyhow::Result<collector::ExternalMetricsTelemetry> {
     use crate::apiserver::auth::{AuthOptions, DelegatingAuth};
 
+    let crate::k8s::Connection {
+        client,
+        capabilities,
+    } = connection;
+
     let resolver = crate::datadog::DatadogResolver::from_settings(settings)
         .context("cannot build the Datadog client for external metrics")?;
     let datadog_telemetry = resolver.telemetry();
+    let calls = Arc::clone(&datadog_telemetry);
+    health.register(
+        "datadog-api",
+        Gate::Report,
+        Box::new(move || calls.health()),
+    );
     let autoscaling = crate::autoscaling::spawn(
         client.clone(),
         &settings.external_metrics,
@@ -240,6 +279,16 @@ fn start_external_metrics(
         .instrument(tracing::info_span!("metric_source_readiness")),
     );
 
+    health.register(
+        "external-metrics-auth",
+        Gate::Readiness,
+        readiness_check(auth.readiness()),
+    );
+    health.register(
+        "external-metrics-source",
+        Gate::Readiness,
+        readiness_check(source_ready.clone()),
+    );
     let parts = crate::external_metrics::ServiceParts {
         authenticator: auth.clone(),
         authorizer: auth.clone(),
@@ -257,6 +306,17 @@ fn start_external_metrics(
         .instrument(tracing::info_span!("external_metrics_server")),
     );
     Ok(telemetry)
+}
+
+fn readiness_check(readiness: watch::Receiver<Readiness>) -> crate::health::Check {
+    Box::new(move || {
+        let now = readiness.borrow();
+        if now.ready {
+            Ok(())
+        } else {
+            Err(now.reason.clone())
+        }
+    })
 }
 
 fn replace_if_changed(current: &mut Readiness, next: Readiness) -> bool {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod datadog;
 pub(crate) mod error;
 pub mod external_metrics;
+pub(crate) mod health;
 pub mod k8s;
 pub mod leader;
 pub(crate) mod logging;

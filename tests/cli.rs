@@ -64,7 +64,7 @@ fn help_lists_the_commands() {
         .collect();
     assert_eq!(
         commands,
-        ["start", "version", "config", "metamap", "help"],
+        ["start", "version", "config", "metamap", "health", "help"],
         "--help:\n{text}"
     );
     for flag in ["-c, --cfgpath <PATH>", "-n, --no-color"] {
@@ -258,12 +258,12 @@ fn text_logs_into_a_pipe_carry_no_colour_codes() {
 fn a_malformed_setting_nothing_reads_yet_does_not_stop_start() {
     let home = tempfile::tempdir().unwrap();
     let err = stderr(&start_to_the_kubernetes_client(&[
-        ("DD_HEALTH_PORT", "-1"),
+        ("DD_KUBERNETES_INFORMERS_RESYNC_PERIOD", "soon"),
         ("HOME", home.path().to_str().unwrap()),
     ]));
     // Past the configuration, with a warning, up to the next thing missing here.
     assert!(
-        err.contains("ignoring the value of health_port (from DD_HEALTH_PORT)"),
+        err.contains("ignoring the value of kubernetes_informers_resync_period (from DD_KUBERNETES_INFORMERS_RESYNC_PERIOD)"),
         "{err}"
     );
     assert!(
@@ -317,4 +317,35 @@ fn metamap_without_an_agent_fails_with_one_line() {
     );
     assert!(!err.contains("0123456789abcdef"), "token echoed: {err}");
     assert!(out.stdout.is_empty());
+}
+
+/// `health` shares the local client: without an agent it fails in one line, never reporting
+/// a PASS it could not read.
+#[test]
+fn health_without_an_agent_fails_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("auth_token");
+    std::fs::write(&token_file, "0123456789abcdef0123456789abcdef0123").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let env = [
+        ("DD_AUTH_TOKEN_FILE_PATH", token_file.to_str().unwrap()),
+        ("DD_CLUSTER_AGENT_CMD_PORT", port.as_str()),
+    ];
+    let out = run(&["health", "-t", "5"], &env);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_no_panic(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "Error: cannot reach the cluster agent at https://127.0.0.1:{port}/status/health (is it running?)"
+        )),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PASS"));
 }

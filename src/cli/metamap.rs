@@ -3,15 +3,15 @@
 //! prints it as the Go DCA's `metadatamapper.tmpl` renders it.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::Settings;
-use crate::node_api::token::{LocalTokenError, read_local};
+use super::local::{self, Answer, LocalApiError};
+
+/// A large cluster's map is a few megabytes; the agent builds it from memory.
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, clap::Args)]
 pub struct MetamapArgs {
@@ -21,16 +21,8 @@ pub struct MetamapArgs {
 
 #[derive(Debug, thiserror::Error)]
 enum MetamapError {
-    #[error("{0}; is the cluster agent running here with this configuration?")]
-    Token(#[source] LocalTokenError),
-    #[error("cannot set up TLS for the local API: {0}")]
-    Tls(String),
-    #[error("cannot reach the cluster agent at {url} (is it running?)")]
-    Unreachable {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error(transparent)]
+    Local(#[from] LocalApiError),
     #[error("the cluster agent at {url} answered {status}: {body}")]
     Refused {
         url: String,
@@ -46,15 +38,9 @@ enum MetamapError {
 }
 
 pub(super) fn run(cfgpath: Option<&Path>, args: &MetamapArgs) -> anyhow::Result<()> {
-    // Lenient, as `start` reads it: a malformed setting nothing reads yet does not stop a
-    // command that reads only the port and the token file.
-    let (settings, _) = Settings::load_for_start(cfgpath)?;
-    let url = url(&settings, args.node.as_deref());
-    let token = read_local(&settings.auth_token_file_path).map_err(MetamapError::Token)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (status, body) = runtime.block_on(get(&url, token.expose()))?;
+    let settings = local::settings(cfgpath)?;
+    let Answer { url, status, body } =
+        local::get(&settings, &path(args.node.as_deref()), TIMEOUT)?.map_err(MetamapError::from)?;
     let parsed = serde_json::from_slice::<Value>(&body)
         .ok()
         .filter(Value::is_object);
@@ -85,55 +71,14 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b'#')
     .add(b'%');
 
-/// The agent listens on `bind_host`; an unspecified one (0.0.0.0, ::) is reached on
-/// loopback.
-fn url(settings: &Settings, node: Option<&str>) -> String {
-    let host = if settings.bind_host.is_unspecified() {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        settings.bind_host
-    };
-    let addr = SocketAddr::new(host, settings.cluster_agent.cmd_port);
-    let path = match node {
+fn path(node: Option<&str>) -> String {
+    match node {
         Some(node) => format!(
             "/api/v1/tags/pod/{}",
             percent_encoding::utf8_percent_encode(node, SEGMENT)
         ),
         None => "/api/v1/tags/pod".to_owned(),
-    };
-    format!("https://{addr}{path}")
-}
-
-async fn get(url: &str, token: &str) -> Result<(u16, bytes::Bytes), MetamapError> {
-    let unreachable = |source| MetamapError::Unreachable {
-        url: url.to_owned(),
-        source,
-    };
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls_config()?)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| MetamapError::Tls(e.to_string()))?;
-    let response = client
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .map_err(unreachable)?;
-    let status = response.status().as_u16();
-    let body = response.bytes().await.map_err(unreachable)?;
-    Ok((status, body))
-}
-
-fn tls_config() -> Result<rustls::ClientConfig, MetamapError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| MetamapError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(crate::tls::accept_any_server_certificate(provider))
-        .with_no_client_auth();
-    Ok(config)
+    }
 }
 
 /// Go's `text/template` output of `metadatamapper.tmpl` over the JSON document decoded into
@@ -295,33 +240,14 @@ mod tests {
     }
 
     #[test]
-    fn the_url_is_loopback_unless_bound_elsewhere() {
-        let dir = tempfile::tempdir().unwrap();
-        let env = |bind: &'static str| {
-            move |name: &str| match name {
-                "DD_BIND_HOST" => Some(bind.to_owned()),
-                "DD_CLUSTER_AGENT_CMD_PORT" => Some("6006".to_owned()),
-                _ => None,
-            }
-        };
-        let settings = Settings::load_from(None, dir.path(), &env("0.0.0.0")).unwrap();
-        assert_eq!(
-            url(&settings, None),
-            "https://127.0.0.1:6006/api/v1/tags/pod"
-        );
-        assert_eq!(
-            url(&settings, Some("node-1")),
-            "https://127.0.0.1:6006/api/v1/tags/pod/node-1"
-        );
-        assert_eq!(
-            url(&settings, Some("a/b c")),
-            "https://127.0.0.1:6006/api/v1/tags/pod/a%2Fb%20c"
-        );
-        assert_eq!(settings.auth_token_file_path, dir.path().join("auth_token"));
-        let settings = Settings::load_from(None, dir.path(), &env("10.1.2.3")).unwrap();
-        assert_eq!(
-            url(&settings, None),
-            "https://10.1.2.3:6006/api/v1/tags/pod"
-        );
+    fn node_names_are_one_path_segment() {
+        let cases = [
+            (None, "/api/v1/tags/pod"),
+            (Some("node-1"), "/api/v1/tags/pod/node-1"),
+            (Some("a/b c"), "/api/v1/tags/pod/a%2Fb%20c"),
+        ];
+        for (node, want) in cases {
+            assert_eq!(path(node), want, "{node:?}");
+        }
     }
 }

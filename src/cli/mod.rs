@@ -1,6 +1,8 @@
 //! The command line: one file per command.
 
 mod config;
+mod health;
+mod local;
 mod metamap;
 mod start;
 mod version;
@@ -37,6 +39,8 @@ pub enum Command {
     Config(config::ConfigArgs),
     /// Print the running agent's pod -> services map (every node, or one), as the Go DCA does.
     Metamap(metamap::MetamapArgs),
+    /// Print the running agent's component health (PASS or FAIL, and why); exit 1 on FAIL.
+    Health(health::HealthArgs),
 }
 
 /// Runs the parsed command. Errors are printed as one line, never as a panic.
@@ -46,6 +50,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Version => version::run(),
         Command::Config(args) => config::run(cli.cfgpath.as_deref(), &args),
         Command::Metamap(args) => metamap::run(cli.cfgpath.as_deref(), &args),
+        Command::Health(args) => health::run(cli.cfgpath.as_deref(), &args, !cli.no_color),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

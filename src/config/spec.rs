@@ -123,7 +123,7 @@ pub static SPECS: &[Spec] = &[
         "auth_token_file_path",
         Kind::Str,
         "",
-        "File holding the local token of our own CLI (`metamap`), read by the CLI and accepted by the node-agent API; default: `auth_token` beside the config file, created (64 hex characters, mode 0600) when missing.",
+        "File holding the local token of our own CLI (`metamap`, `health`), read by the CLI and accepted by the node-agent API; default: `auth_token` beside the config file, created (64 hex characters, mode 0600) when missing.",
     ),
     spec(
         "ipc_cert_file_path",
@@ -238,7 +238,7 @@ pub static SPECS: &[Spec] = &[
         "health_port",
         Kind::OptionalPort,
         "0",
-        "Port of the liveness/readiness probes; 0 = off.",
+        "Port of the Kubernetes probes `/live`, `/ready` and `/startup` (plain HTTP on `bind_host`; 0 = off): the health status JSON, 500 when a component they gate is unhealthy. `/ready` waits for the node and namespace lists and, with external metrics, delegated authentication and the metric store; a failing Datadog API shows in `health` only.",
     ),
     spec(
         "external_metrics_provider.enabled",
@@ -366,7 +366,6 @@ pub const NOT_YET_USED: &[&str] = &[
     "cluster_agent.token_name",
     "collect_kubernetes_events",
     "kubernetes_informers_resync_period",
-    "health_port",
     "external_metrics_provider.max_time_window",
 ];
 

@@ -373,20 +373,23 @@ proptest::proptest! {
 fn start_warns_about_malformed_settings_nothing_reads_yet() {
     let dir = tempfile::tempdir().unwrap();
     let env = [
-        ("DD_HEALTH_PORT", "-1"),
+        ("DD_KUBERNETES_INFORMERS_RESYNC_PERIOD", "soon"),
         ("DD_COLLECT_KUBERNETES_EVENTS", "perhaps"),
     ];
     // Strict loading (the `config` command) still names the first malformed one...
     assert!(load(None, &env).is_err());
     // ...but `start` goes on with the defaults and one warning each.
     let (s, warnings) = Settings::load_leniently(None, dir.path(), &env_of(&env)).unwrap();
-    assert_eq!(s.health_port, 0);
+    assert_eq!(
+        s.kubernetes_informers_resync_period,
+        Duration::from_secs(300)
+    );
     assert!(!s.collect_kubernetes_events);
     assert_eq!(warnings.len(), 2, "{warnings:?}");
-    for (w, key) in warnings
-        .iter()
-        .zip(["collect_kubernetes_events", "health_port"])
-    {
+    for (w, key) in warnings.iter().zip([
+        "collect_kubernetes_events",
+        "kubernetes_informers_resync_period",
+    ]) {
         assert!(w.contains(key) && w.contains("not used yet"), "{w}");
     }
     // A setting that is used still stops start-up.
@@ -394,6 +397,7 @@ fn start_warns_about_malformed_settings_nothing_reads_yet() {
         ("DD_LEADER_ELECTION", "perhaps"),
         ("DD_CLUSTER_AGENT_CMD_PORT", "70000"),
         ("DD_EXPVAR_PORT", "70000"),
+        ("DD_HEALTH_PORT", "-1"),
     ] {
         assert!(Settings::load_leniently(None, dir.path(), &env_of(&[used])).is_err());
     }

@@ -89,6 +89,25 @@ pub struct DatadogTelemetry {
     deferred_chunks_total: AtomicU64,
     deferred_chunks_last: AtomicU64,
     queries_in_backoff: AtomicU64,
+    /// Calls that failed in a row (a 429 neither counts nor breaks the run: Datadog
+    /// answered).
+    consecutive_failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+/// Failed calls in a row that make the Datadog API unhealthy: one failure may be a blip
+/// retries did not cover; three, a refresh period apart, are an outage or wrong keys.
+pub const FAILING_AFTER: u64 = 3;
+
+/// The `datadog-api` health check, from the failures in a row and the last error.
+pub fn failing(consecutive: u64, last_error: Option<&str>) -> Result<(), String> {
+    if consecutive < FAILING_AFTER {
+        return Ok(());
+    }
+    Err(format!(
+        "the last {consecutive} calls to the Datadog API failed, the last with: {}",
+        last_error.unwrap_or("an unknown error")
+    ))
 }
 
 impl Default for DatadogTelemetry {
@@ -105,6 +124,8 @@ impl Default for DatadogTelemetry {
             deferred_chunks_total: AtomicU64::new(0),
             deferred_chunks_last: AtomicU64::new(0),
             queries_in_backoff: AtomicU64::new(0),
+            consecutive_failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
         }
     }
 }
@@ -163,10 +184,34 @@ impl DatadogTelemetry {
             Err(_) => &self.requests_error,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        match &reply.result {
+            Ok(_) => self.consecutive_failures.store(0, Ordering::Relaxed),
+            Err(ClientError::RateLimited { .. }) => {}
+            Err(e) => {
+                *self
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(e.to_string());
+                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         self.retries.fetch_add(
             u64::from(reply.attempts.saturating_sub(1)),
             Ordering::Relaxed,
         );
+    }
+
+    /// Whether the calls to Datadog keep failing ([`failing`]).
+    pub fn health(&self) -> Result<(), String> {
+        let last = self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        failing(
+            self.consecutive_failures.load(Ordering::Relaxed),
+            last.as_deref(),
+        )
     }
 
     fn record_budget(&self, view: Option<BudgetView>) {
@@ -690,6 +735,54 @@ mod tests {
         assert_eq!(t.requests_error, 1);
         assert_eq!(t.requests_success, 0);
         assert_eq!(t.rate_limit_remaining, None);
+    }
+
+    /// Failures in a row make the API unhealthy; a success ends the run, a 429 does not.
+    #[test]
+    fn the_datadog_api_is_unhealthy_after_failures_in_a_row() {
+        use super::super::client::QueryReply;
+        use super::super::response::QueryResponse;
+        use http::StatusCode;
+        let reply = |outcome: &str| QueryReply {
+            result: match outcome {
+                "ok" => Ok(QueryResponse::default()),
+                "429" => Err(ClientError::RateLimited {
+                    body: String::new(),
+                }),
+                _ => Err(ClientError::Forbidden {
+                    status: StatusCode::FORBIDDEN,
+                    body: format!("{{\"errors\":[\"{outcome}\"]}}"),
+                }),
+            },
+            rate_limit: None,
+            attempts: 1,
+        };
+        // replies → healthy afterwards
+        let cases: &[(&[&str], bool)] = &[
+            (&[], true),
+            (&["e1", "e2"], true),
+            (&["e1", "e2", "e3"], false),
+            (&["e1", "e2", "429", "e3"], false),
+            (&["e1", "e2", "ok", "e3"], true),
+            (&["e1", "e2", "e3", "ok"], true),
+        ];
+        for (replies, healthy) in cases {
+            let t = DatadogTelemetry::default();
+            for r in *replies {
+                t.record_reply(&reply(r));
+            }
+            assert_eq!(t.health().is_ok(), *healthy, "{replies:?}");
+        }
+        let t = DatadogTelemetry::default();
+        for r in ["e1", "e2", "e3"] {
+            t.record_reply(&reply(r));
+        }
+        let reason = t.health().unwrap_err();
+        assert_eq!(
+            reason,
+            "the last 3 calls to the Datadog API failed, the last with: API error 403 Forbidden: {\"errors\":[\"e3\"]}"
+        );
+        assert!(failing(5, None).unwrap_err().ends_with("an unknown error"));
     }
 
     #[test]

@@ -254,6 +254,7 @@ pub async fn serve(
         vec!["cluster.k8s.io/machine".to_owned()],
         // Counted as in production, on a registry of its own.
         RouteTelemetry::register(&mut Registry::default()),
+        crate::health::Health::new(),
     );
     serve_on(listener, tls, service, shutdown).await;
     Ok(())

@@ -61,6 +61,13 @@ pub(crate) struct Tokens {
     pub(crate) local: Secret,
 }
 
+/// What the node-agent API answers from.
+pub(crate) struct Sources {
+    pub(crate) metadata: Arc<dyn metadata::MetadataSource>,
+    /// `/status/health`.
+    pub(crate) health: Arc<crate::health::Health>,
+}
+
 /// Serves the node-agent API on `bind_host:cluster_agent.cmd_port` until `shutdown`, then
 /// drains as the metrics server does. Requests are counted on `telemetry`.
 pub(crate) async fn run(
@@ -68,7 +75,7 @@ pub(crate) async fn run(
     client: kube::Client,
     namespace: &str,
     tokens: Tokens,
-    metadata: Arc<dyn metadata::MetadataSource>,
+    sources: Sources,
     telemetry: RouteTelemetry,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
@@ -91,9 +98,10 @@ pub(crate) async fn run(
         tokens.node_agents,
         tokens.local,
         cluster_id,
-        metadata,
+        sources.metadata,
         settings.kubernetes_node_annotations_as_host_aliases.clone(),
         telemetry,
+        sources.health,
     );
     serve_on(listener, tls, service, shutdown).await;
     tracing::info!(%addr, "node-agent API server stopped");

@@ -14,6 +14,7 @@ use crate::apiserver::seams::Answer;
 use crate::apiserver::server::Handler;
 use crate::apiserver::telemetry::RouteTelemetry;
 use crate::config::Secret;
+use crate::health::Health;
 use crate::node_api::cluster_id::{ClusterIdError, ClusterIdSource};
 use crate::node_api::metadata::{self, MetadataSource};
 use crate::node_api::{auth, go_error};
@@ -34,6 +35,7 @@ struct Shared {
     metadata: Arc<dyn MetadataSource>,
     host_alias_annotations: Vec<String>,
     telemetry: RouteTelemetry,
+    health: Arc<Health>,
 }
 
 /// An answer known within `call`, or one that must wait for the cluster id.
@@ -45,6 +47,7 @@ enum Reply {
 
 const CLUSTER_ID_PATH: &str = "/api/v1/cluster/id";
 const CLUSTER_ID_HANDLER: &str = "getClusterID";
+const HEALTH_PATH: &str = "/status/health";
 
 /// `pkg/version.Version`: Go has no json tags on it, hence the capitalised keys, which node
 /// agents read to pick their calls (bulk pod tags from 1.3, namespace metadata from 7.55).
@@ -89,6 +92,7 @@ impl NodeApiService {
         metadata: Arc<dyn MetadataSource>,
         host_alias_annotations: Vec<String>,
         telemetry: RouteTelemetry,
+        health: Arc<Health>,
     ) -> Self {
         NodeApiService {
             shared: Arc::new(Shared {
@@ -99,6 +103,7 @@ impl NodeApiService {
                 metadata,
                 host_alias_annotations,
                 telemetry,
+                health,
             }),
         }
     }
@@ -166,8 +171,14 @@ impl NodeApiService {
             "/version" if parts.method == Method::GET => {
                 json_response(StatusCode::OK, self.shared.version.clone(), false)
             }
+            // Every component, as the `health` command shows them; 200 either way, as Go.
+            HEALTH_PATH if parts.method == Method::GET => {
+                let status = self.shared.health.all();
+                let body = serde_json::to_vec(&status).unwrap_or_else(|_| b"{}".to_vec());
+                json_response(StatusCode::OK, Bytes::from(body), false)
+            }
             // gorilla/mux answers a known path with another method 405, without a body.
-            "/version" | CLUSTER_ID_PATH => method_not_allowed(head),
+            "/version" | CLUSTER_ID_PATH | HEALTH_PATH => method_not_allowed(head),
             _ => go_error(StatusCode::NOT_FOUND, "404 page not found", head),
         }
     }
@@ -224,6 +235,7 @@ fn handler_name(route: Option<metadata::MetadataRoute<'_>>, path: &str) -> &'sta
         Some(R::NamespaceMetadata(_)) => "getNamespaceMetadata",
         None if path == "/version" => "getVersion",
         None if path == CLUSTER_ID_PATH => CLUSTER_ID_HANDLER,
+        None if path == HEALTH_PATH => "getHealth",
         None => "unknown",
     }
 }
@@ -336,6 +348,19 @@ mod tests {
         }
     }
 
+    /// One healthy component and one that is not.
+    fn health() -> Arc<Health> {
+        use crate::health::Gate;
+        let health = Health::new();
+        health.register("metadata-store", Gate::Readiness, Box::new(|| Ok(())));
+        health.register(
+            "datadog-api",
+            Gate::Report,
+            Box::new(|| Err("403 Forbidden".to_owned())),
+        );
+        health
+    }
+
     fn call_with(
         ids: Arc<FixedId>,
         method: Method,
@@ -354,6 +379,7 @@ mod tests {
             Arc::new(NoMetadata),
             Vec::new(),
             RouteTelemetry::unregistered(),
+            health(),
         );
         let response = futures::executor::block_on(
             service.start(parts, |_| Arc::new(PeerIdentity::Anonymous)),
@@ -383,6 +409,7 @@ mod tests {
             ("/api/v1/tags/namespace/shop", "getNamespaceLabels"),
             ("/api/v1/metadata/namespace/shop", "getNamespaceMetadata"),
             ("/api/v1/tags/pod/n1/shop", "unknown"),
+            ("/status/health", "getHealth"),
             ("/metrics", "unknown"),
         ];
         for (path, want) in cases {
@@ -498,6 +525,19 @@ mod tests {
             ),
             ("/version", &local, 200, ""),
             ("/version", &node_agents, 200, ""),
+            (
+                "/status/health",
+                &node_agents,
+                403,
+                "invalid session token\n",
+            ),
+            // Every component, the Report-only ones too, with the reasons.
+            (
+                "/status/health",
+                &local,
+                200,
+                r#"{"Healthy":["metadata-store"],"Unhealthy":["datadog-api"],"Reasons":{"datadog-api":"403 Forbidden"}}"#,
+            ),
         ];
         for (path, auth, code, want) in cases {
             let (status, body) = call(Method::GET, path, Some(auth));

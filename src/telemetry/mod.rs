@@ -2,7 +2,8 @@
 //! for the Datadog `datadog_cluster_agent` check and any Prometheus scraper: the registry
 //! every subsystem registered its series on at start-up, encoded on each scrape. And the
 //! expvar-style JSON document at `/debug/vars` on `expvar_port` (also 5000 by default: one
-//! listener then answers both, as one Go process could not bind the port twice either).
+//! listener then answers both, as one Go process could not bind the port twice either). And
+//! the Kubernetes probes `/live`, `/ready` and `/startup` on `health_port` ([`crate::health`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apiserver::response::{Body, NOSNIFF, body_response};
 use crate::apiserver::server::{ServerError, bind};
+use crate::health::{Health, Status as HealthStatus};
 
 const SERVER: &str = "telemetry server";
 /// A scrape is one small answer; nothing is worth waiting longer for at shutdown.
@@ -30,59 +32,70 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const OPENMETRICS: HeaderValue =
     HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8");
 
-/// What one listener answers: `/metrics`, `/debug/vars`, or both.
+/// What one listener answers: any of `/metrics`, `/debug/vars` and the probes.
 #[derive(Clone, Default)]
 pub(crate) struct Routes {
     pub(crate) metrics: Option<Arc<Registry>>,
     pub(crate) expvar: Option<Arc<Expvar>>,
+    /// `/live`, `/ready`, `/startup`.
+    pub(crate) health: Option<Arc<Health>>,
 }
 
 impl Routes {
-    fn paths(&self) -> &'static str {
-        match (self.metrics.is_some(), self.expvar.is_some()) {
-            (true, true) => "/metrics, /debug/vars",
-            (true, false) => "/metrics",
-            (false, true) => "/debug/vars",
-            (false, false) => "nothing",
+    fn paths(&self) -> String {
+        let paths: Vec<&str> = [
+            (self.metrics.is_some(), "/metrics"),
+            (self.expvar.is_some(), "/debug/vars"),
+            (self.health.is_some(), "/live, /ready, /startup"),
+        ]
+        .into_iter()
+        .filter_map(|(on, paths)| on.then_some(paths))
+        .collect();
+        if paths.is_empty() {
+            "nothing".to_owned()
+        } else {
+            paths.join(", ")
         }
     }
 }
 
-/// The listeners `metrics_port` and `expvar_port` need (0 = off): one when they are equal.
-pub(crate) fn plan(
-    metrics_port: u16,
-    expvar_port: u16,
-    registry: Arc<Registry>,
-    expvar: Arc<Expvar>,
-) -> Vec<(u16, Routes)> {
-    let metrics = (metrics_port != 0).then_some(registry);
-    let expvar = (expvar_port != 0).then_some(expvar);
-    if metrics_port == expvar_port {
-        return match metrics_port {
-            0 => Vec::new(),
-            port => vec![(port, Routes { metrics, expvar })],
-        };
+/// `metrics_port`, `expvar_port` and `health_port` (0 = off).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ports {
+    pub(crate) metrics: u16,
+    pub(crate) expvar: u16,
+    pub(crate) health: u16,
+}
+
+/// The listeners the ports need, in the order of the ports: one per distinct port, serving
+/// every route given that port (as one Go process could not bind a port twice either).
+pub(crate) fn plan(ports: Ports, all: Routes) -> Vec<(u16, Routes)> {
+    let mut listeners: Vec<(u16, Routes)> = Vec::new();
+    if let Some(routes) = listener_on(&mut listeners, ports.metrics) {
+        routes.metrics = all.metrics;
     }
-    let mut listeners = Vec::new();
-    if metrics.is_some() {
-        listeners.push((
-            metrics_port,
-            Routes {
-                metrics,
-                expvar: None,
-            },
-        ));
+    if let Some(routes) = listener_on(&mut listeners, ports.expvar) {
+        routes.expvar = all.expvar;
     }
-    if expvar.is_some() {
-        listeners.push((
-            expvar_port,
-            Routes {
-                metrics: None,
-                expvar,
-            },
-        ));
+    if let Some(routes) = listener_on(&mut listeners, ports.health) {
+        routes.health = all.health;
     }
     listeners
+}
+
+/// The listener planned on `port` (added if none is yet), none for 0.
+fn listener_on(listeners: &mut Vec<(u16, Routes)>, port: u16) -> Option<&mut Routes> {
+    if port == 0 {
+        return None;
+    }
+    let at = match listeners.iter().position(|(p, _)| *p == port) {
+        Some(at) => at,
+        None => {
+            listeners.push((port, Routes::default()));
+            listeners.len() - 1
+        }
+    };
+    Some(&mut listeners[at].1)
 }
 
 /// Serves `routes` on `addr` until `shutdown`.
@@ -92,7 +105,7 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let listener = bind(SERVER, addr).await?;
-    tracing::info!(%addr, paths = routes.paths(), "telemetry server listening");
+    tracing::info!(%addr, paths = %routes.paths(), "telemetry server listening");
     serve(listener, routes, shutdown).await;
     tracing::info!(%addr, "telemetry server stopped");
     Ok(())
@@ -141,13 +154,24 @@ pub(crate) async fn serve(listener: TcpListener, routes: Routes, shutdown: Cance
     }
 }
 
-/// `/metrics` in the OpenMetrics text format, `/debug/vars` as JSON; anything else as Go's
-/// `net/http` mux answers.
+enum Route<'a> {
+    Metrics(&'a Registry),
+    Expvar(&'a Expvar),
+    Probe(&'a Health, fn(&Health) -> HealthStatus),
+}
+
+/// `/metrics` in the OpenMetrics text format, `/debug/vars` as JSON, the probes as the Go
+/// DCA's health probe server answers them (the status JSON, 500 when a component is
+/// unhealthy); anything else as Go's `net/http` mux answers.
 fn answer(routes: &Routes, method: &Method, path: &str) -> Response<Body> {
     let head = method == Method::HEAD;
+    let health = routes.health.as_deref();
     let route = match path {
-        "/metrics" => routes.metrics.as_deref().map(Ok),
-        "/debug/vars" => routes.expvar.as_deref().map(Err),
+        "/metrics" => routes.metrics.as_deref().map(Route::Metrics),
+        "/debug/vars" => routes.expvar.as_deref().map(Route::Expvar),
+        "/live" => health.map(|h| Route::Probe(h, Health::live)),
+        "/ready" => health.map(|h| Route::Probe(h, Health::ready)),
+        "/startup" => health.map(|h| Route::Probe(h, Health::startup)),
         _ => None,
     };
     let Some(route) = route else {
@@ -157,16 +181,30 @@ fn answer(routes: &Routes, method: &Method, path: &str) -> Response<Body> {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n", head);
     }
     match route {
-        Ok(registry) => metrics(registry, head),
-        Err(expvar) => {
-            let mut response = body_response(StatusCode::OK, expvar.document(), head);
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/json; charset=utf-8"),
-            );
-            response
+        Route::Metrics(registry) => metrics(registry, head),
+        Route::Expvar(expvar) => json(StatusCode::OK, expvar.document(), head),
+        Route::Probe(health, probe) => {
+            let status = probe(health);
+            let code = if status.is_healthy() {
+                StatusCode::OK
+            } else {
+                tracing::info!(unhealthy = ?status.unhealthy, path, "health probe failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            // A struct of strings always serialises; the fallback keeps this total.
+            let body = serde_json::to_vec(&status).unwrap_or_else(|_| b"{}".to_vec());
+            json(code, Bytes::from(body), head)
         }
     }
+}
+
+fn json(code: StatusCode, body: Bytes, head: bool) -> Response<Body> {
+    let mut response = body_response(code, body, head);
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
 }
 
 fn metrics(registry: &Registry, head: bool) -> Response<Body> {
@@ -218,6 +256,7 @@ mod tests {
         Routes {
             metrics: Some(Arc::new(registry())),
             expvar: Some(Arc::new(Expvar::new(vec!["datadog-cluster-agent".into()]))),
+            health: None,
         }
     }
 
@@ -333,8 +372,8 @@ mod tests {
     #[test]
     fn a_listener_answers_only_its_own_paths() {
         let expvar_only = Routes {
-            metrics: None,
             expvar: both().expvar,
+            ..Routes::default()
         };
         assert_eq!(
             call_on(&expvar_only, Method::GET, "/metrics").0,
@@ -348,28 +387,128 @@ mod tests {
 
     #[test]
     fn equal_ports_share_one_listener_and_zero_turns_a_route_off() {
-        let plan_of = |metrics: u16, expvar: u16| -> Vec<(u16, bool, bool)> {
+        let plan_of = |metrics: u16, expvar: u16, health: u16| -> Vec<(u16, bool, bool, bool)> {
+            let all = Routes {
+                metrics: Some(Arc::new(registry())),
+                expvar: Some(Arc::new(Expvar::new(Vec::new()))),
+                health: Some(Health::new()),
+            };
             plan(
-                metrics,
-                expvar,
-                Arc::new(registry()),
-                Arc::new(Expvar::new(Vec::new())),
+                Ports {
+                    metrics,
+                    expvar,
+                    health,
+                },
+                all,
             )
             .into_iter()
-            .map(|(port, r)| (port, r.metrics.is_some(), r.expvar.is_some()))
+            .map(|(port, r)| {
+                let on = (r.metrics.is_some(), r.expvar.is_some(), r.health.is_some());
+                (port, on.0, on.1, on.2)
+            })
             .collect()
         };
-        // (metrics_port, expvar_port) → listeners (port, /metrics, /debug/vars)
-        type Listener = (u16, bool, bool);
-        let cases: &[(u16, u16, &[Listener])] = &[
-            (5000, 5000, &[(5000, true, true)]),
-            (5000, 5001, &[(5000, true, false), (5001, false, true)]),
-            (0, 5000, &[(5000, false, true)]),
-            (5000, 0, &[(5000, true, false)]),
-            (0, 0, &[]),
+        // (metrics_port, expvar_port, health_port) → listeners (port, /metrics,
+        // /debug/vars, probes)
+        type Listener = (u16, bool, bool, bool);
+        let cases: &[(u16, u16, u16, &[Listener])] = &[
+            (5000, 5000, 0, &[(5000, true, true, false)]),
+            (
+                5000,
+                5001,
+                0,
+                &[(5000, true, false, false), (5001, false, true, false)],
+            ),
+            (0, 5000, 0, &[(5000, false, true, false)]),
+            (5000, 0, 0, &[(5000, true, false, false)]),
+            (0, 0, 0, &[]),
+            (
+                5000,
+                5000,
+                5556,
+                &[(5000, true, true, false), (5556, false, false, true)],
+            ),
+            (
+                5000,
+                5001,
+                5001,
+                &[(5000, true, false, false), (5001, false, true, true)],
+            ),
+            (0, 0, 5556, &[(5556, false, false, true)]),
         ];
-        for (metrics, expvar, want) in cases {
-            assert_eq!(plan_of(*metrics, *expvar), *want, "{metrics} {expvar}");
+        for (metrics, expvar, health, want) in cases {
+            assert_eq!(
+                plan_of(*metrics, *expvar, *health),
+                *want,
+                "{metrics} {expvar} {health}"
+            );
         }
+    }
+
+    #[test]
+    fn the_probes_answer_the_status_json_and_500_when_unhealthy() {
+        let health = Health::new();
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let read = Arc::clone(&ready);
+        health.register(
+            "metadata-store",
+            crate::health::Gate::Readiness,
+            Box::new(move || {
+                if read.load(std::sync::atomic::Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err("not synced".to_owned())
+                }
+            }),
+        );
+        let routes = Routes {
+            health: Some(health),
+            ..Routes::default()
+        };
+        // path → (status, body) before and after the store syncs
+        let before: &[(&str, StatusCode, &str)] = &[
+            ("/live", StatusCode::OK, r#"{"Healthy":[],"Unhealthy":[]}"#),
+            (
+                "/ready",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"Healthy":[],"Unhealthy":["metadata-store"],"Reasons":{"metadata-store":"not synced"}}"#,
+            ),
+            (
+                "/startup",
+                StatusCode::INTERNAL_SERVER_ERROR,
+                r#"{"Healthy":[],"Unhealthy":["metadata-store"],"Reasons":{"metadata-store":"not synced"}}"#,
+            ),
+            ("/metrics", StatusCode::NOT_FOUND, "404 page not found\n"),
+        ];
+        let after: &[(&str, StatusCode, &str)] = &[
+            (
+                "/ready",
+                StatusCode::OK,
+                r#"{"Healthy":["metadata-store"],"Unhealthy":[]}"#,
+            ),
+            (
+                "/startup",
+                StatusCode::OK,
+                r#"{"Healthy":["metadata-store"],"Unhealthy":[]}"#,
+            ),
+        ];
+        for (step, cases) in [before, after].into_iter().enumerate() {
+            ready.store(step == 1, std::sync::atomic::Ordering::Relaxed);
+            for (path, want_status, want_body) in cases {
+                let (status, content_type, body) = call_on(&routes, Method::GET, path);
+                assert_eq!(
+                    (status, body.as_str()),
+                    (*want_status, *want_body),
+                    "{path}"
+                );
+                if status != StatusCode::NOT_FOUND {
+                    assert_eq!(content_type, "application/json; charset=utf-8", "{path}");
+                }
+            }
+        }
+        assert_eq!(
+            call_on(&routes, Method::POST, "/ready").0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }

@@ -274,6 +274,28 @@ impl Agent {
         &self.run_dir
     }
 
+    /// Runs one of the binary's client commands (`metamap`, `health`, ...) against this
+    /// agent as an operator does in its container: the agent's config folder, local token
+    /// and command port, and nothing else from this process's environment.
+    pub fn command(&self, args: &[&str]) -> Result<std::process::Output> {
+        let binary = self.settings.binary.clone().unwrap_or_else(default_binary);
+        let mut command = Command::new(binary);
+        command
+            .arg("-c")
+            .arg(&self.run_dir)
+            .args(args)
+            .env_clear()
+            .env(LOCAL_TOKEN_ENV, self.local_token_path());
+        for key in ["DD_CLUSTER_AGENT_CMD_PORT", "DD_BIND_HOST"] {
+            if let Some(value) = self.settings.env.get(key) {
+                command.env(key, value);
+            }
+        }
+        command
+            .output()
+            .with_context(|| format!("running {args:?} against {}", self.settings.name))
+    }
+
     /// The captured stdout+stderr so far (last 256 KiB).
     pub fn log(&self) -> String {
         process::log_tail(&self.log_path, 256 * 1024)

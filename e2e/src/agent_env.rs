@@ -205,6 +205,8 @@ pub struct AgentPorts {
     pub cmd: u16,
     pub expvar: u16,
     pub prometheus: u16,
+    /// `health_port`: the probes `/live`, `/ready`, `/startup`.
+    pub health: u16,
 }
 
 impl AgentPorts {
@@ -214,6 +216,7 @@ impl AgentPorts {
             cmd: process::free_port()?,
             expvar: process::free_port()?,
             prometheus: process::free_port()?,
+            health: process::free_port()?,
         })
     }
 }
@@ -236,7 +239,7 @@ pub fn agent_settings(
         ..AgentSettings::default()
     }
     .readiness_url(format!("https://127.0.0.1:{}/readyz", ports.metrics_api));
-    let vars: [(&str, String); 20] = [
+    let vars: [(&str, String); 21] = [
         ("DD_API_KEY", double.api_key().to_owned()),
         ("DD_APP_KEY", double.app_key().to_owned()),
         ("DD_POD_NAME", name.to_owned()),
@@ -244,6 +247,7 @@ pub fn agent_settings(
         ("DD_CLUSTER_AGENT_CMD_PORT", ports.cmd.to_string()),
         ("DD_EXPVAR_PORT", ports.expvar.to_string()),
         ("DD_METRICS_PORT", ports.prometheus.to_string()),
+        ("DD_HEALTH_PORT", ports.health.to_string()),
         // Letters and digits, at least 32: what a production token looks like.
         (
             "DD_CLUSTER_AGENT_AUTH_TOKEN",

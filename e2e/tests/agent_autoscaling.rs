@@ -664,6 +664,39 @@ async fn datadog_faults_never_scale_hpas() {
         })
     });
     assert!(retried, "no retry among {} failed calls", failed.len());
+    // Three failed calls in a row and `health` says so, naming the error, and exits 1; the
+    // probes stay green so Kubernetes neither restarts the agent nor pulls it from its
+    // Service over a Datadog outage.
+    let agent_ref = &agent;
+    let report = eventually(
+        "`health` reports the Datadog API",
+        GENEROUS,
+        || async move {
+            let out = agent_ref.command(&["health"])?;
+            let report = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok(
+                (out.status.code() == Some(1) && report.contains("- datadog-api:"))
+                    .then_some((report, String::from_utf8_lossy(&out.stderr).into_owned())),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.0.starts_with("Agent health: FAIL\n"), "{report:?}");
+    assert!(report.0.contains("503"), "{report:?}");
+    assert!(
+        report.1.contains("found 1 unhealthy components"),
+        "{report:?}"
+    );
+    let probes = format!("http://127.0.0.1:{}", ports.health);
+    for probe in ["live", "ready"] {
+        let response = reqwest::get(format!("{probes}/{probe}")).await.unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            200,
+            "/{probe} during the outage"
+        );
+    }
     // The agent follows the ConfigMap through a watch, a moment after the write we saw.
     let answer = eventually("the API answers with the 503", GENEROUS, || async move {
         let answer = api_ref
@@ -682,6 +715,13 @@ async fn datadog_faults_never_scale_hpas() {
     eventually("both entries valid after the outage", GENEROUS, all_valid)
         .await
         .unwrap();
+    // One good call heals it.
+    eventually("`health` passes again", GENEROUS, || async move {
+        let out = agent_ref.command(&["health"])?;
+        Ok(out.status.success().then_some(()))
+    })
+    .await
+    .unwrap();
     wait_scaling_active(&cp, "orders", 10.0).await;
     wait_scaling_active(&cp, "web", 10.0).await;
 

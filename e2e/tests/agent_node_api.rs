@@ -38,18 +38,10 @@ fn client(max_tls12: bool) -> reqwest::Client {
 
 /// `datadog-cluster-agent metamap [node]` against `agent`, as an operator runs it in the
 /// agent's container; its stdout, after checking it exited 0.
-fn metamap(binary: &std::path::Path, agent: &Agent, cmd_port: u16, node: Option<&str>) -> String {
-    let mut command = std::process::Command::new(binary);
-    command
-        .arg("-c")
-        .arg(agent.run_dir())
-        .arg("metamap")
-        .args(node)
-        .env_clear()
-        .env("DD_AUTH_TOKEN_FILE_PATH", agent.local_token_path())
-        .env("DD_CLUSTER_AGENT_CMD_PORT", cmd_port.to_string())
-        .env("DD_BIND_HOST", "127.0.0.1");
-    let output = command.output().unwrap();
+fn metamap(agent: &Agent, node: Option<&str>) -> String {
+    let mut args = vec!["metamap"];
+    args.extend(node);
+    let output = agent.command(&args).unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(
         output.status.success(),
@@ -171,6 +163,62 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
     );
     let wrong_port = reqwest::get(format!("{expvar}/metrics")).await.unwrap();
     assert_eq!(wrong_port.status().as_u16(), 404);
+
+    // The Kubernetes probes on health_port: ready once the node and namespace lists are in
+    // (and delegated authentication and the metric store, external metrics being on).
+    let probes = format!("http://127.0.0.1:{}", ports.health);
+    let ready: serde_json::Value =
+        eventually("/ready answers 200", Duration::from_secs(90), || {
+            let url = format!("{probes}/ready");
+            async move {
+                let response = reqwest::get(url).await?;
+                Ok(if response.status() == 200 {
+                    Some(response.json().await?)
+                } else {
+                    None
+                })
+            }
+        })
+        .await
+        .unwrap();
+    let names = |status: &serde_json::Value, key: &str| -> Vec<String> {
+        status[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        names(&ready, "Healthy").contains(&"metadata-store".to_owned()),
+        "{ready}"
+    );
+    assert!(names(&ready, "Unhealthy").is_empty(), "{ready}");
+    // Report-only components are not probed: Kubernetes must not act on Datadog's health.
+    assert!(
+        !names(&ready, "Healthy").contains(&"datadog-api".to_owned()),
+        "{ready}"
+    );
+    for probe in ["live", "startup"] {
+        let response = reqwest::get(format!("{probes}/{probe}")).await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "/{probe}");
+    }
+    // `health`, as an operator runs it in the container: every component, the Datadog API
+    // included, and exit 0.
+    let health = agent.command(&["health"]).unwrap();
+    let report = String::from_utf8_lossy(&health.stdout).into_owned();
+    assert!(
+        health.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    assert!(report.starts_with("Agent health: PASS\n"), "{report}");
+    for component in ["metadata-store", "datadog-api", "external-metrics-auth"] {
+        assert!(report.contains(component), "{component}: {report}");
+    }
+    assert!(!report.contains("unhealthy components"), "{report}");
 
     // Node and namespace metadata, as the watches see them.
     let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
@@ -470,7 +518,7 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
     drop(slice_agent);
 
     // `metamap` reads the running agent's map with the local token, in Go's format.
-    let one_node = metamap(&binary, &agent, ports.cmd, Some("node-a"));
+    let one_node = metamap(&agent, Some("node-a"));
     assert_eq!(
         one_node,
         "===============\nMetadata Mapper\n===============\n\
@@ -480,7 +528,7 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
          \n      - Pod: web-1\n        Services: map[web:map[]]\
          \n  \n"
     );
-    let every_node = metamap(&binary, &agent, ports.cmd, None);
+    let every_node = metamap(&agent, None);
     for node in ["node-a", "node-b"] {
         let pod = if node == "node-a" { "web-1" } else { "web-2" };
         let section = format!(

@@ -7,6 +7,7 @@ pub mod agent_env;
 pub mod conformance;
 pub mod controlplane;
 pub mod datadog_double;
+pub mod manifests;
 pub mod metrics_server;
 pub mod node_agent;
 pub mod process;

@@ -23,10 +23,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 const READINESS_POLL: Duration = Duration::from_secs(1);
 
 mod collector;
+mod status;
 
 type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 
 pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let started_at = status::unix_now();
     tracing::info!(
         version = crate::version::VERSION,
         commit = crate::version::COMMIT,
@@ -117,13 +119,49 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
                 .instrument(tracing::info_span!("metadata_mapper")),
         );
     }
+    let node_client = client.clone();
+    let (external_metrics, status_parts) = if settings.external_metrics.enabled {
+        let (telemetry, parts) = start_external_metrics(
+            &settings,
+            crate::k8s::Connection {
+                client,
+                capabilities,
+            },
+            &namespace,
+            &leader,
+            &health,
+            &shutdown,
+            &mut tasks,
+        )?;
+        (Some(telemetry), Some(parts))
+    } else {
+        (None, None)
+    };
     let node_settings = settings.clone();
     let node_namespace = namespace.clone();
-    let node_client = client.clone();
     let stop = shutdown.clone();
     let sources = crate::node_api::Sources {
-        metadata,
+        metadata: Arc::clone(&metadata) as Arc<dyn crate::node_api::metadata::MetadataSource>,
         health: Arc::clone(&health),
+        status: status::source(status::Parts {
+            agent: crate::status::Agent {
+                version: crate::version::VERSION.to_owned(),
+                commit: crate::version::COMMIT.to_owned(),
+                build_date: crate::version::BUILD_DATE.to_owned(),
+                pid: std::process::id(),
+                started_at,
+                now: started_at,
+                config_file: settings
+                    .config_file
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+                cluster_name: settings.cluster_name.clone(),
+            },
+            cmd_port: settings.cluster_agent.cmd_port,
+            leader: leader.clone(),
+            metadata,
+            external_metrics: status_parts,
+        }),
     };
     tasks.spawn(
         async move {
@@ -146,22 +184,6 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
         .instrument(tracing::info_span!("node_api_server")),
     );
 
-    let external_metrics = if settings.external_metrics.enabled {
-        Some(start_external_metrics(
-            &settings,
-            crate::k8s::Connection {
-                client,
-                capabilities,
-            },
-            &namespace,
-            &leader,
-            &health,
-            &shutdown,
-            &mut tasks,
-        )?)
-    } else {
-        None
-    };
     registry.register_collector(Box::new(collector::AgentCollector {
         leader: leader.clone(),
         election: settings.leader_election.enabled,
@@ -212,7 +234,10 @@ fn start_external_metrics(
     health: &crate::health::Health,
     shutdown: &CancellationToken,
     tasks: &mut Tasks,
-) -> anyhow::Result<collector::ExternalMetricsTelemetry> {
+) -> anyhow::Result<(
+    collector::ExternalMetricsTelemetry,
+    status::ExternalMetricsParts,
+)> {
     use crate::apiserver::auth::{AuthOptions, DelegatingAuth};
 
     let crate::k8s::Connection {
@@ -223,6 +248,7 @@ fn start_external_metrics(
     let resolver = crate::datadog::DatadogResolver::from_settings(settings)
         .context("cannot build the Datadog client for external metrics")?;
     let datadog_telemetry = resolver.telemetry();
+    let endpoint = resolver.client().base_url().to_owned();
     let calls = Arc::clone(&datadog_telemetry);
     health.register(
         "datadog-api",
@@ -239,6 +265,15 @@ fn start_external_metrics(
         shutdown.clone(),
     )?;
     let source = autoscaling.source.clone();
+    let status_parts = status::ExternalMetricsParts {
+        store: format!(
+            "{namespace}/{}",
+            settings.external_metrics.hpa_configmap_name
+        ),
+        source: Arc::clone(&source),
+        datadog: Arc::clone(&datadog_telemetry),
+        endpoint,
+    };
     let telemetry = collector::ExternalMetricsTelemetry {
         datadog: datadog_telemetry,
         autoscaling: Arc::clone(&autoscaling.telemetry),
@@ -305,7 +340,7 @@ fn start_external_metrics(
         }
         .instrument(tracing::info_span!("external_metrics_server")),
     );
-    Ok(telemetry)
+    Ok((telemetry, status_parts))
 }
 
 fn readiness_check(readiness: watch::Receiver<Readiness>) -> crate::health::Check {

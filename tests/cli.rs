@@ -64,7 +64,9 @@ fn help_lists_the_commands() {
         .collect();
     assert_eq!(
         commands,
-        ["start", "version", "config", "metamap", "health", "help"],
+        [
+            "start", "version", "config", "metamap", "health", "status", "help"
+        ],
         "--help:\n{text}"
     );
     for flag in ["-c, --cfgpath <PATH>", "-n, --no-color"] {
@@ -319,10 +321,10 @@ fn metamap_without_an_agent_fails_with_one_line() {
     assert!(out.stdout.is_empty());
 }
 
-/// `health` shares the local client: without an agent it fails in one line, never reporting
-/// a PASS it could not read.
+/// `health` and `status` share the local client: without an agent they fail in one line,
+/// never printing a report they could not read.
 #[test]
-fn health_without_an_agent_fails_with_one_line() {
+fn health_and_status_without_an_agent_fail_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("auth_token");
     std::fs::write(&token_file, "0123456789abcdef0123456789abcdef0123").unwrap();
@@ -336,16 +338,21 @@ fn health_without_an_agent_fails_with_one_line() {
         ("DD_AUTH_TOKEN_FILE_PATH", token_file.to_str().unwrap()),
         ("DD_CLUSTER_AGENT_CMD_PORT", port.as_str()),
     ];
-    let out = run(&["health", "-t", "5"], &env);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert_no_panic(&out);
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.starts_with(&format!(
-            "Error: cannot reach the cluster agent at https://127.0.0.1:{port}/status/health (is it running?)"
-        )),
-        "{err}"
-    );
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("PASS"));
+    for (args, path) in [
+        (&["health", "-t", "5"][..], "/status/health"),
+        (&["status", "--json"][..], "/status"),
+    ] {
+        let out = run(args, &env);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = stderr(&out);
+        assert_no_panic(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "Error: cannot reach the cluster agent at https://127.0.0.1:{port}{path} (is it running?)"
+            )),
+            "{err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
 }

@@ -5,6 +5,7 @@ mod health;
 mod local;
 mod metamap;
 mod start;
+mod status;
 mod version;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ pub enum Command {
     Metamap(metamap::MetamapArgs),
     /// Print the running agent's component health (PASS or FAIL, and why); exit 1 on FAIL.
     Health(health::HealthArgs),
+    /// Print the running agent's status: leader election, node-agent API, external metrics (each with its value, age and error) and the Datadog API.
+    Status(status::StatusArgs),
 }
 
 /// Runs the parsed command. Errors are printed as one line, never as a panic.
@@ -51,6 +54,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Config(args) => config::run(cli.cfgpath.as_deref(), &args),
         Command::Metamap(args) => metamap::run(cli.cfgpath.as_deref(), &args),
         Command::Health(args) => health::run(cli.cfgpath.as_deref(), &args, !cli.no_color),
+        Command::Status(args) => status::run(cli.cfgpath.as_deref(), &args, !cli.no_color),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -123,7 +123,7 @@ pub static SPECS: &[Spec] = &[
         "auth_token_file_path",
         Kind::Str,
         "",
-        "File holding the local token of our own CLI (`metamap`, `health`), read by the CLI and accepted by the node-agent API; default: `auth_token` beside the config file, created (64 hex characters, mode 0600) when missing.",
+        "File holding the local token of our own CLI (`metamap`, `health`, `status`), read by the CLI and accepted by the node-agent API; default: `auth_token` beside the config file, created (64 hex characters, mode 0600) when missing.",
     ),
     spec(
         "ipc_cert_file_path",

@@ -201,17 +201,20 @@ impl DatadogTelemetry {
         );
     }
 
-    /// Whether the calls to Datadog keep failing ([`failing`]).
-    pub fn health(&self) -> Result<(), String> {
+    /// Calls failed in a row now, and the last error (for `status`).
+    pub fn failures(&self) -> (u64, Option<String>) {
         let last = self
             .last_error
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        failing(
-            self.consecutive_failures.load(Ordering::Relaxed),
-            last.as_deref(),
-        )
+        (self.consecutive_failures.load(Ordering::Relaxed), last)
+    }
+
+    /// Whether the calls to Datadog keep failing ([`failing`]).
+    pub fn health(&self) -> Result<(), String> {
+        let (consecutive, last) = self.failures();
+        failing(consecutive, last.as_deref())
     }
 
     fn record_budget(&self, view: Option<BudgetView>) {

@@ -93,6 +93,10 @@ impl MetadataSource for ClusterMetadata {
             .collect()
     }
 
+    fn namespace_count(&self) -> usize {
+        self.namespaces.state().len()
+    }
+
     fn services(&self) -> Result<Arc<ServiceMap>, MapperUnavailable> {
         if !self.mapper_enabled {
             return Err(MapperUnavailable::Disabled);

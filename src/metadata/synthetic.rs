@@ -223,6 +223,10 @@ impl MetadataSource for Metadata {
         self.0.nodes.keys().cloned().collect()
     }
 
+    fn namespace_count(&self) -> usize {
+        self.0.namespaces.len()
+    }
+
     fn services(&self) -> Result<Arc<ServiceMap>, MapperUnavailable> {
         Ok(Arc::clone(&self.0.services))
     }
@@ -254,7 +258,10 @@ pub async fn serve(
         vec!["cluster.k8s.io/machine".to_owned()],
         // Counted as in production, on a registry of its own.
         RouteTelemetry::register(&mut Registry::default()),
-        crate::health::Health::new(),
+        crate::node_api::service::Introspection {
+            health: crate::health::Health::new(),
+            status: Arc::new(crate::status::Status::default),
+        },
     );
     serve_on(listener, tls, service, shutdown).await;
     Ok(())

@@ -30,6 +30,8 @@ pub(crate) trait MetadataSource: Send + Sync + 'static {
     fn namespace(&self, name: &str) -> Option<Arc<NamespaceMeta>>;
     /// The names of the nodes listed, in no particular order.
     fn node_names(&self) -> Vec<String>;
+    /// How many namespaces are listed (for `status`).
+    fn namespace_count(&self) -> usize;
     /// The pod → services map, shared (never copied per request).
     fn services(&self) -> Result<Arc<ServiceMap>, MapperUnavailable>;
 }
@@ -393,6 +395,9 @@ mod tests {
     impl MetadataSource for Fixed {
         fn synced(&self) -> bool {
             self.synced
+        }
+        fn namespace_count(&self) -> usize {
+            1
         }
         fn services(&self) -> Result<Arc<ServiceMap>, MapperUnavailable> {
             if !self.synced {

@@ -66,6 +66,8 @@ pub(crate) struct Sources {
     pub(crate) metadata: Arc<dyn metadata::MetadataSource>,
     /// `/status/health`.
     pub(crate) health: Arc<crate::health::Health>,
+    /// `/status`.
+    pub(crate) status: crate::status::StatusSource,
 }
 
 /// Serves the node-agent API on `bind_host:cluster_agent.cmd_port` until `shutdown`, then
@@ -101,7 +103,10 @@ pub(crate) async fn run(
         sources.metadata,
         settings.kubernetes_node_annotations_as_host_aliases.clone(),
         telemetry,
-        sources.health,
+        service::Introspection {
+            health: sources.health,
+            status: sources.status,
+        },
     );
     serve_on(listener, tls, service, shutdown).await;
     tracing::info!(%addr, "node-agent API server stopped");

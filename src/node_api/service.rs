@@ -18,6 +18,7 @@ use crate::health::Health;
 use crate::node_api::cluster_id::{ClusterIdError, ClusterIdSource};
 use crate::node_api::metadata::{self, MetadataSource};
 use crate::node_api::{auth, go_error};
+use crate::status::StatusSource;
 use crate::tls::PeerIdentity;
 
 #[derive(Clone)]
@@ -35,7 +36,15 @@ struct Shared {
     metadata: Arc<dyn MetadataSource>,
     host_alias_annotations: Vec<String>,
     telemetry: RouteTelemetry,
-    health: Arc<Health>,
+    introspection: Introspection,
+}
+
+/// What the internal routes report of the agent itself.
+pub(crate) struct Introspection {
+    /// `/status/health`.
+    pub(crate) health: Arc<Health>,
+    /// `/status`.
+    pub(crate) status: StatusSource,
 }
 
 /// An answer known within `call`, or one that must wait for the cluster id.
@@ -48,6 +57,7 @@ enum Reply {
 const CLUSTER_ID_PATH: &str = "/api/v1/cluster/id";
 const CLUSTER_ID_HANDLER: &str = "getClusterID";
 const HEALTH_PATH: &str = "/status/health";
+const STATUS_PATH: &str = "/status";
 
 /// `pkg/version.Version`: Go has no json tags on it, hence the capitalised keys, which node
 /// agents read to pick their calls (bulk pod tags from 1.3, namespace metadata from 7.55).
@@ -92,7 +102,7 @@ impl NodeApiService {
         metadata: Arc<dyn MetadataSource>,
         host_alias_annotations: Vec<String>,
         telemetry: RouteTelemetry,
-        health: Arc<Health>,
+        introspection: Introspection,
     ) -> Self {
         NodeApiService {
             shared: Arc::new(Shared {
@@ -103,7 +113,7 @@ impl NodeApiService {
                 metadata,
                 host_alias_annotations,
                 telemetry,
-                health,
+                introspection,
             }),
         }
     }
@@ -173,12 +183,31 @@ impl NodeApiService {
             }
             // Every component, as the `health` command shows them; 200 either way, as Go.
             HEALTH_PATH if parts.method == Method::GET => {
-                let status = self.shared.health.all();
+                let status = self.shared.introspection.health.all();
                 let body = serde_json::to_vec(&status).unwrap_or_else(|_| b"{}".to_vec());
                 json_response(StatusCode::OK, Bytes::from(body), false)
             }
+            // The `status` command's report: JSON, or the text it prints (uncoloured).
+            STATUS_PATH if parts.method == Method::GET => {
+                let status = (self.shared.introspection.status)();
+                if parts.uri.query().is_some_and(wants_text) {
+                    let mut response = json_response(
+                        StatusCode::OK,
+                        Bytes::from(crate::status::render(&status, false)),
+                        false,
+                    );
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                    response
+                } else {
+                    let body = serde_json::to_vec(&status).unwrap_or_else(|_| b"{}".to_vec());
+                    json_response(StatusCode::OK, Bytes::from(body), false)
+                }
+            }
             // gorilla/mux answers a known path with another method 405, without a body.
-            "/version" | CLUSTER_ID_PATH | HEALTH_PATH => method_not_allowed(head),
+            "/version" | CLUSTER_ID_PATH | HEALTH_PATH | STATUS_PATH => method_not_allowed(head),
             _ => go_error(StatusCode::NOT_FOUND, "404 page not found", head),
         }
     }
@@ -214,6 +243,11 @@ impl Handler for NodeApiService {
     }
 }
 
+/// `format=text` among the query's pairs (anything else is JSON, the default).
+fn wants_text(query: &str) -> bool {
+    query.split('&').any(|pair| pair == "format=text")
+}
+
 /// gorilla/mux answers a known path with another method 405, without a body.
 fn method_not_allowed(head: bool) -> http::Response<Body> {
     let mut response = go_error(StatusCode::METHOD_NOT_ALLOWED, "", head);
@@ -236,6 +270,7 @@ fn handler_name(route: Option<metadata::MetadataRoute<'_>>, path: &str) -> &'sta
         None if path == "/version" => "getVersion",
         None if path == CLUSTER_ID_PATH => CLUSTER_ID_HANDLER,
         None if path == HEALTH_PATH => "getHealth",
+        None if path == STATUS_PATH => "getStatus",
         None => "unknown",
     }
 }
@@ -338,6 +373,9 @@ mod tests {
         fn node_names(&self) -> Vec<String> {
             Vec::new()
         }
+        fn namespace_count(&self) -> usize {
+            0
+        }
         fn services(
             &self,
         ) -> Result<
@@ -346,6 +384,16 @@ mod tests {
         > {
             Err(crate::node_api::metadata::MapperUnavailable::Disabled)
         }
+    }
+
+    /// A report with a pid the tests can look for.
+    fn status() -> StatusSource {
+        Arc::new(|| {
+            let mut status = crate::status::Status::default();
+            status.agent.version = "7.62.0".into();
+            status.agent.pid = 4242;
+            status
+        })
     }
 
     /// One healthy component and one that is not.
@@ -379,7 +427,10 @@ mod tests {
             Arc::new(NoMetadata),
             Vec::new(),
             RouteTelemetry::unregistered(),
-            health(),
+            Introspection {
+                health: health(),
+                status: status(),
+            },
         );
         let response = futures::executor::block_on(
             service.start(parts, |_| Arc::new(PeerIdentity::Anonymous)),
@@ -410,6 +461,7 @@ mod tests {
             ("/api/v1/metadata/namespace/shop", "getNamespaceMetadata"),
             ("/api/v1/tags/pod/n1/shop", "unknown"),
             ("/status/health", "getHealth"),
+            ("/status", "getStatus"),
             ("/metrics", "unknown"),
         ];
         for (path, want) in cases {
@@ -538,6 +590,13 @@ mod tests {
                 200,
                 r#"{"Healthy":["metadata-store"],"Unhealthy":["datadog-api"],"Reasons":{"datadog-api":"403 Forbidden"}}"#,
             ),
+            ("/status", &node_agents, 403, "invalid session token\n"),
+            (
+                "/status?format=text",
+                &node_agents,
+                403,
+                "invalid session token\n",
+            ),
         ];
         for (path, auth, code, want) in cases {
             let (status, body) = call(Method::GET, path, Some(auth));
@@ -546,6 +605,29 @@ mod tests {
                 assert_eq!(body, *want, "{path}");
             }
         }
+    }
+
+    #[test]
+    fn status_answers_json_or_the_text_report_behind_the_local_token() {
+        let local = format!("Bearer {LOCAL}");
+        let (code, body) = call(Method::GET, "/status", Some(&local));
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let status: crate::status::Status = serde_json::from_str(&body).unwrap();
+        assert_eq!(status.agent.pid, 4242);
+        for query in ["", "?format=json", "?format=yaml"] {
+            let (code, body) = call(Method::GET, &format!("/status{query}"), Some(&local));
+            assert_eq!(code, StatusCode::OK, "{query}");
+            assert!(body.starts_with('{'), "{query}: {body}");
+        }
+        let (code, text) = call(Method::GET, "/status?x=1&format=text", Some(&local));
+        assert_eq!(code, StatusCode::OK);
+        assert!(
+            text.starts_with("===============================\nDatadog Cluster Agent (v7.62.0)\n"),
+            "{text}"
+        );
+        assert!(text.contains("  Pid:          4242\n"), "{text}");
+        let (code, body) = call(Method::POST, "/status", Some(&local));
+        assert_eq!((code, body.as_str()), (StatusCode::METHOD_NOT_ALLOWED, ""));
     }
 
     #[test]

@@ -202,6 +202,17 @@ impl ReplicaSampler {
 
 /// Waits until `double` received a query call carrying exactly `queries` (in any order)
 /// after `since`; returns it.
+/// `datadog-cluster-agent status --json` against `agent`, parsed.
+fn status_json(agent: &Agent) -> serde_json::Value {
+    let out = agent.command(&["status", "--json"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 async fn wait_call_with(double: &DatadogDouble, queries: &[&str], since: u64) -> RecordedRequest {
     let want = sorted(queries.iter().map(|q| (*q).to_owned()).collect());
     eventually(
@@ -591,6 +602,28 @@ async fn datadog_faults_never_scale_hpas() {
     eventually("both entries valid", GENEROUS, all_valid)
         .await
         .unwrap();
+    // `status --json`, as a script reads it: each HPA's metric with its labels and value.
+    let agent_ref = &agent;
+    let report = status_json(agent_ref);
+    let metrics = report["external_metrics"]["metrics"].as_array().unwrap();
+    for (hpa, name, label, value) in [
+        ("apps/orders", QUEUE_METRIC, ("queue", "orders"), 40.0),
+        ("apps/web", WEB_METRIC, ("app", "web"), 20.0),
+    ] {
+        let metric = metrics
+            .iter()
+            .find(|m| m["hpa"] == hpa)
+            .unwrap_or_else(|| panic!("no {hpa} in {report}"));
+        assert_eq!(metric["name"], name, "{metric}");
+        assert_eq!(metric["labels"][label.0], label.1, "{metric}");
+        assert_eq!(metric["value"].as_f64(), Some(value), "{metric}");
+        assert_eq!(metric["valid"], true, "{metric}");
+    }
+    assert_eq!(report["agent"]["pid"], agent.pid(), "{report}");
+    assert!(
+        report["datadog_api"]["successes"].as_u64() >= Some(2),
+        "{report}"
+    );
 
     step("malformed JSON: only the chunk that got it fails");
     double.push_fault(Route::Query, Fault::MalformedJson, 1);
@@ -664,10 +697,30 @@ async fn datadog_faults_never_scale_hpas() {
         })
     });
     assert!(retried, "no retry among {} failed calls", failed.len());
+    // The text report says why each metric has no value (once this replica's copy of the
+    // store, followed through a watch, has the write we saw).
+    let text = eventually(
+        "`status` shows both metrics invalid",
+        GENEROUS,
+        || async move {
+            let out = agent_ref.command(&["status"])?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            anyhow::ensure!(out.status.success(), "{text}");
+            Ok(text
+                .contains("  Metrics: 2 total, 0 valid, 2 invalid\n")
+                .then_some(text))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        text.contains("    invalid: ") && text.contains("503"),
+        "{text}"
+    );
+    assert!(!text.contains('\x1b'), "colour off a terminal: {text}");
     // Three failed calls in a row and `health` says so, naming the error, and exits 1; the
     // probes stay green so Kubernetes neither restarts the agent nor pulls it from its
     // Service over a Datadog outage.
-    let agent_ref = &agent;
     let report = eventually(
         "`health` reports the Datadog API",
         GENEROUS,

@@ -151,7 +151,7 @@ fn is_cargo_test_variable(key: &str) -> bool {
 /// `external_metrics_provider.cert_dir` expects (`tls.crt`, `tls.key`). It names
 /// `<service>.<namespace>.svc` (what the aggregator verifies) and the loopback address.
 pub struct ServingCert {
-    ca: CertAuthority,
+    ca_pem: String,
     dir: tempfile::TempDir,
     server_name: String,
 }
@@ -177,9 +177,51 @@ impl ServingCert {
         std::fs::write(dir.path().join("tls.crt"), &cert.cert_pem)?;
         std::fs::write(dir.path().join("tls.key"), &cert.key_pem)?;
         Ok(Self {
-            ca,
+            ca_pem: ca.cert_pem().to_owned(),
             dir,
             server_name,
+        })
+    }
+
+    /// As an operator makes it: `datadog-cluster-agent certs generate` (no test CA), its
+    /// printed caBundle checked against the `ca.crt` it wrote.
+    pub fn from_agent_cli(binary: &Path, namespace: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("dca-e2e-serving-")
+            .tempdir()
+            .context("creating the serving certificate folder")?;
+        let out = Command::new(binary)
+            .args([
+                "certs",
+                "generate",
+                "--service",
+                SERVICE_NAME,
+                "--namespace",
+            ])
+            .arg(namespace)
+            .arg("--out")
+            .arg(dir.path())
+            .env_clear()
+            .output()
+            .context("running certs generate")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "certs generate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ca_pem = std::fs::read_to_string(dir.path().join("ca.crt"))?;
+        let printed = String::from_utf8(out.stdout)?;
+        let decoded =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, printed.trim())
+                .context("certs generate printed no base64 caBundle")?;
+        anyhow::ensure!(
+            decoded == ca_pem.as_bytes(),
+            "the printed caBundle is not ca.crt"
+        );
+        Ok(Self {
+            ca_pem,
+            dir,
+            server_name: format!("{SERVICE_NAME}.{namespace}.svc"),
         })
     }
 
@@ -189,7 +231,7 @@ impl ServingCert {
 
     /// The APIService's `caBundle`.
     pub fn ca_pem(&self) -> &str {
-        self.ca.cert_pem()
+        &self.ca_pem
     }
 
     pub fn server_name(&self) -> &str {

@@ -341,6 +341,11 @@ fn the_deployment_env_is_settings_the_agent_reads_and_agrees_with_ports_and_moun
         generate.contains(&format!("name: {secret_name}")),
         "certs/generate.sh does not write the Secret {secret_name}"
     );
+    let cli = std::fs::read_to_string(repo_root().join("src/cli/certs.rs")).unwrap();
+    assert!(
+        cli.contains(&format!("const SECRET_NAME: &str = \"{secret_name}\";")),
+        "`certs generate` does not write the Secret {secret_name}"
+    );
 }
 
 #[test]

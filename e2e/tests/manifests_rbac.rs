@@ -2,7 +2,8 @@
 //! renders is accepted by kube-apiserver, and the agent, holding only the RBAC they grant,
 //! does its whole job (ready, leader over a Lease, cluster id, the pod -> services map, an
 //! HPA's metric resolved through the aggregator) while SelfSubjectAccessReview shows it can
-//! do nothing broader.
+//! do nothing broader. Its serving certificate comes from `certs generate`, so the real
+//! aggregator verifying it against the printed caBundle checks that command too.
 
 use std::time::Duration;
 
@@ -195,7 +196,8 @@ async fn the_shipped_rbac_is_enough_for_the_agent_and_nothing_more() {
     }
 
     // The agent with nothing but those grants, as the Deployment configures it.
-    let cert = ServingCert::new(cp.agent_namespace()).unwrap();
+    // The serving certificate as the README has users make it.
+    let cert = ServingCert::from_agent_cli(&binary, cp.agent_namespace()).unwrap();
     let double = DatadogDouble::start().await.unwrap();
     double.set_series(EXAMPLE_QUERY, points_ending_now(&[12.0; 4], 5));
     let ports = AgentPorts::pick().unwrap();

@@ -1,5 +1,6 @@
 //! The command line: one file per command.
 
+mod certs;
 mod config;
 mod health;
 mod local;
@@ -44,6 +45,8 @@ pub enum Command {
     Health(health::HealthArgs),
     /// Print the running agent's status: leader election, node-agent API, external metrics (each with its value, age and error) and the Datadog API.
     Status(status::StatusArgs),
+    /// Make the external metrics server's CA and serving certificate (no openssl needed).
+    Certs(certs::CertsArgs),
 }
 
 /// Runs the parsed command. Errors are printed as one line, never as a panic.
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Metamap(args) => metamap::run(cli.cfgpath.as_deref(), &args),
         Command::Health(args) => health::run(cli.cfgpath.as_deref(), &args, !cli.no_color),
         Command::Status(args) => status::run(cli.cfgpath.as_deref(), &args, !cli.no_color),
+        Command::Certs(args) => certs::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -93,7 +93,7 @@ pub fn generate_self_signed(sans: &[String]) -> Result<SelfSignedCert, TlsError>
     params.is_ca = rcgen::IsCa::ExplicitNoCa;
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    set_validity(&mut params);
+    set_validity(&mut params, SELF_SIGNED_VALIDITY_DAYS);
     let key = rcgen::KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     Ok(SelfSignedCert {
@@ -103,9 +103,72 @@ pub fn generate_self_signed(sans: &[String]) -> Result<SelfSignedCert, TlsError>
     })
 }
 
+/// A certificate and its private key, PEM.
+#[derive(Clone)]
+pub struct IssuedPem {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedPem")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new certificate authority (ECDSA P-256) valid for `days`: what signs the external
+/// metrics server's certificate and what the APIService pins in `caBundle`.
+pub fn new_ca(common_name: &str, days: i64) -> Result<IssuedPem, TlsError> {
+    let mut params = rcgen::CertificateParams::default();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut params, days);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(IssuedPem {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A serving certificate for exactly `sans` (the first is the common name), signed by the
+/// CA in `ca` (ours or any other, e.g. one `certs/generate.sh` made with openssl).
+pub fn issue_serving(ca: &IssuedPem, sans: &[String], days: i64) -> Result<IssuedPem, TlsError> {
+    let ca_key = rcgen::KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let mut params = rcgen::CertificateParams::new(sans.to_vec())?;
+    let common_name = sans.first().map_or(FALLBACK_COMMON_NAME, String::as_str);
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    set_validity(&mut params, days);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(IssuedPem {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
 /// Yesterday (to tolerate clock skew between us and clients) until ten years later. Left at
 /// rcgen's defaults only if the clock reads before 1970.
-fn set_validity(params: &mut rcgen::CertificateParams) {
+fn set_validity(params: &mut rcgen::CertificateParams, days: i64) {
     let Ok(now) = SystemTime::now().duration_since(UNIX_EPOCH) else {
         return;
     };
@@ -113,10 +176,9 @@ fn set_validity(params: &mut rcgen::CertificateParams) {
         return;
     };
     let start = today - 1;
-    if let (Some((y0, m0, d0)), Some((y1, m1, d1))) = (
-        civil_from_days(start),
-        civil_from_days(start + SELF_SIGNED_VALIDITY_DAYS),
-    ) {
+    if let (Some((y0, m0, d0)), Some((y1, m1, d1))) =
+        (civil_from_days(start), civil_from_days(start + days))
+    {
         params.not_before = rcgen::date_time_ymd(y0, m0, d0);
         params.not_after = rcgen::date_time_ymd(y1, m1, d1);
     }

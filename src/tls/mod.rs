@@ -28,8 +28,8 @@ use std::path::PathBuf;
 
 pub use any_server_cert::accept_any_server_certificate;
 pub use certs::{
-    CertSource, DEFAULT_RELOAD_INTERVAL, SelfSignedCert, ServerCertResolver, default_sans,
-    generate_self_signed,
+    CertSource, DEFAULT_RELOAD_INTERVAL, IssuedPem, SelfSignedCert, ServerCertResolver,
+    default_sans, generate_self_signed, issue_serving, new_ca,
 };
 pub use client_auth::{CaBundle, ClientCaHandle};
 pub use config::{ServerTls, server_config};

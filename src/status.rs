@@ -66,6 +66,9 @@ pub(crate) struct NodeAgentApi {
     pub(crate) synced: bool,
     pub(crate) nodes: usize,
     pub(crate) namespaces: usize,
+    /// Pods in the pod -> services map; `None` while it has none (mapper off or not synced).
+    #[serde(default)]
+    pub(crate) pods_mapped: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -234,7 +237,15 @@ pub(crate) fn render(status: &Status, colour: bool) -> String {
     } else {
         out.paint(YELLOW, "waiting for the node and namespace lists")
     };
-    out.rows(&[("Port", node.port.to_string()), ("Metadata", metadata)]);
+    let pods = node.pods_mapped.map_or_else(
+        || "none yet (the mapper is off or has not listed the endpoints)".to_owned(),
+        |n| format!("{n} pods mapped to their services"),
+    );
+    out.rows(&[
+        ("Port", node.port.to_string()),
+        ("Metadata", metadata),
+        ("Service map", pods),
+    ]);
 
     if let Some(em) = &status.external_metrics {
         render_external_metrics(&mut out, em, agent.now);
@@ -417,6 +428,7 @@ mod tests {
                 synced: true,
                 nodes: 12,
                 namespaces: 5,
+                pods_mapped: Some(150),
             },
             external_metrics: Some(ExternalMetrics {
                 store: "datadog/datadog-custom-metrics".into(),
@@ -483,8 +495,9 @@ Leader Election
 
 Node-agent API
 ==============
-  Port:     5005
-  Metadata: 12 nodes, 5 namespaces
+  Port:        5005
+  Metadata:    12 nodes, 5 namespaces
+  Service map: 150 pods mapped to their services
 
 External Metrics
 ================
@@ -522,7 +535,7 @@ Datadog API
             "{text}"
         );
         assert!(
-            text.contains("  Metadata: waiting for the node and namespace lists\n"),
+            text.contains("  Metadata:    waiting for the node and namespace lists\n"),
             "{text}"
         );
     }

@@ -44,6 +44,7 @@ pub(crate) fn source(parts: Parts) -> StatusSource {
             synced: parts.metadata.synced(),
             nodes: parts.metadata.node_names().len(),
             namespaces: parts.metadata.namespace_count(),
+            pods_mapped: parts.metadata.services().ok().map(|map| map.pod_count()),
         },
         external_metrics: parts
             .external_metrics

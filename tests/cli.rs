@@ -341,6 +341,9 @@ fn health_and_status_without_an_agent_fail_with_one_line() {
     for (args, path) in [
         (&["health", "-t", "5"][..], "/status/health"),
         (&["status", "--json"][..], "/status"),
+        // Go's short flags.
+        (&["status", "-j"][..], "/status"),
+        (&["status", "-p"][..], "/status"),
     ] {
         let out = run(args, &env);
         assert_eq!(out.status.code(), Some(1), "{args:?}");

@@ -15,10 +15,10 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// Print the report as JSON, on one line.
-    #[arg(long = "json", conflicts_with = "pretty_json")]
+    #[arg(short = 'j', long = "json", conflicts_with = "pretty_json")]
     json: bool,
     /// Print the report as indented JSON.
-    #[arg(long = "pretty-json")]
+    #[arg(short = 'p', long = "pretty-json")]
     pretty_json: bool,
 }
 

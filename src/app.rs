@@ -27,7 +27,11 @@ mod status;
 
 type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 
-pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    settings: Settings,
+    log_level: crate::logging::LogLevelHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let started_at = status::unix_now();
     tracing::info!(
         version = crate::version::VERSION,
@@ -143,6 +147,7 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
     let sources = crate::node_api::Sources {
         metadata: Arc::clone(&metadata) as Arc<dyn crate::node_api::metadata::MetadataSource>,
         health: Arc::clone(&health),
+        log_level: log_level.clone(),
         status: status::source(status::Parts {
             agent: crate::status::Agent {
                 version: crate::version::VERSION.to_owned(),
@@ -156,8 +161,10 @@ pub(crate) async fn run(settings: Settings, shutdown: CancellationToken) -> anyh
                     .as_ref()
                     .map(|p| p.display().to_string()),
                 cluster_name: settings.cluster_name.clone(),
+                log_level: String::new(),
             },
             cmd_port: settings.cluster_agent.cmd_port,
+            log_level: log_level.clone(),
             leader: leader.clone(),
             metadata,
             external_metrics: status_parts,

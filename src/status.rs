@@ -39,6 +39,9 @@ pub(crate) struct Agent {
     pub(crate) now: i64,
     pub(crate) config_file: Option<String>,
     pub(crate) cluster_name: Option<String>,
+    /// As set now (`config set log_level` changes it).
+    #[serde(default)]
+    pub(crate) log_level: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -211,6 +214,7 @@ pub(crate) fn render(status: &Status, colour: bool) -> String {
             ),
         ),
         ("Pid", agent.pid.to_string()),
+        ("Log level", agent.log_level.clone()),
         (
             "Build",
             format!("commit {}, {}", agent.commit, agent.build_date),
@@ -410,6 +414,7 @@ mod tests {
                 now: NOW,
                 config_file: Some("/etc/datadog-agent/datadog-cluster.yaml".into()),
                 cluster_name: None,
+                log_level: "info".into(),
             },
             leader_election: LeaderElection {
                 enabled: true,
@@ -480,6 +485,7 @@ Datadog Cluster Agent (v7.62.0)
   Status date:  2026-12-07T12:00:00Z
   Agent start:  2026-12-07T10:57:55Z (up 1h 2m)
   Pid:          42
+  Log level:    info
   Build:        commit abc1234, 2026-12-01T00:00:00Z
   Config file:  /etc/datadog-agent/datadog-cluster.yaml
   Cluster name: not set

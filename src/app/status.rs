@@ -15,6 +15,7 @@ use crate::status::{
 pub(crate) struct Parts {
     pub(crate) agent: Agent,
     pub(crate) cmd_port: u16,
+    pub(crate) log_level: crate::logging::LogLevelHandle,
     pub(crate) leader: LeaderHandle,
     pub(crate) metadata: Arc<dyn MetadataSource>,
     pub(crate) external_metrics: Option<ExternalMetricsParts>,
@@ -36,6 +37,7 @@ pub(crate) fn source(parts: Parts) -> StatusSource {
     Arc::new(move || Status {
         agent: Agent {
             now: unix_now(),
+            log_level: parts.log_level.get().as_filter().to_owned(),
             ..parts.agent.clone()
         },
         leader_election: leader_election(parts.leader.status()),

@@ -44,6 +44,24 @@ pub(super) fn get(
     path: &str,
     timeout: Duration,
 ) -> anyhow::Result<Result<Answer, LocalApiError>> {
+    call(settings, reqwest::Method::GET, path, timeout)
+}
+
+/// `POST path` (no body: what to change is in the query) on the agent, within `timeout`.
+pub(super) fn post(
+    settings: &Settings,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<Result<Answer, LocalApiError>> {
+    call(settings, reqwest::Method::POST, path, timeout)
+}
+
+fn call(
+    settings: &Settings,
+    method: reqwest::Method,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<Result<Answer, LocalApiError>> {
     let url = url(settings, path);
     let token = match read_local(&settings.auth_token_file_path) {
         Ok(token) => token,
@@ -52,7 +70,7 @@ pub(super) fn get(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    Ok(runtime.block_on(fetch(url, token.expose(), timeout)))
+    Ok(runtime.block_on(fetch(method, url, token.expose(), timeout)))
 }
 
 /// The agent listens on `bind_host`; an unspecified one (0.0.0.0, ::) is reached on
@@ -67,13 +85,18 @@ pub(super) fn url(settings: &Settings, path: &str) -> String {
     format!("https://{addr}{path}")
 }
 
-async fn fetch(url: String, token: &str, timeout: Duration) -> Result<Answer, LocalApiError> {
+async fn fetch(
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    timeout: Duration,
+) -> Result<Answer, LocalApiError> {
     let client = reqwest::Client::builder()
         .tls_backend_preconfigured(tls_config()?)
         .timeout(timeout)
         .build()
         .map_err(|e| LocalApiError::Tls(e.to_string()))?;
-    let sent = client.get(&url).bearer_auth(token).send().await;
+    let sent = client.request(method, &url).bearer_auth(token).send().await;
     let response = match sent {
         Ok(response) => response,
         Err(source) => return Err(LocalApiError::Unreachable { url, source }),

@@ -9,7 +9,7 @@ pub(super) fn run(cfgpath: Option<&Path>, color: bool) -> anyhow::Result<()> {
     // fails in milliseconds with the one line that names the setting.
     let (settings, warnings) = Settings::load_for_start(cfgpath)?;
     settings.validate_for_start()?;
-    crate::logging::init(settings.log_level, settings.log_format_json, color);
+    let log_level = crate::logging::init(settings.log_level, settings.log_format_json, color);
     for warning in warnings {
         tracing::warn!("{warning}");
     }
@@ -20,6 +20,6 @@ pub(super) fn run(cfgpath: Option<&Path>, color: bool) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         crate::shutdown::on_signals(shutdown.clone())?;
-        crate::app::run(settings, shutdown).await
+        crate::app::run(settings, log_level, shutdown).await
     })
 }

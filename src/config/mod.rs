@@ -108,7 +108,8 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    fn parse(raw: &str) -> Result<Self, String> {
+    /// The Go agent's names (and `warning`), case-insensitive; the error names them all.
+    pub fn parse(raw: &str) -> Result<Self, String> {
         Ok(match raw.trim().to_ascii_lowercase().as_str() {
             "trace" => LogLevel::Trace,
             "debug" => LogLevel::Debug,

@@ -68,6 +68,8 @@ pub(crate) struct Sources {
     pub(crate) health: Arc<crate::health::Health>,
     /// `/status`.
     pub(crate) status: crate::status::StatusSource,
+    /// `/config/log_level`.
+    pub(crate) log_level: crate::logging::LogLevelHandle,
 }
 
 /// Serves the node-agent API on `bind_host:cluster_agent.cmd_port` until `shutdown`, then
@@ -106,6 +108,7 @@ pub(crate) async fn run(
         service::Introspection {
             health: sources.health,
             status: sources.status,
+            log_level: sources.log_level,
         },
     );
     serve_on(listener, tls, service, shutdown).await;

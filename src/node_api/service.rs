@@ -13,8 +13,10 @@ use crate::apiserver::response::{Body, ResponseFuture, json_response};
 use crate::apiserver::seams::Answer;
 use crate::apiserver::server::Handler;
 use crate::apiserver::telemetry::RouteTelemetry;
+use crate::config::LogLevel;
 use crate::config::Secret;
 use crate::health::Health;
+use crate::logging::LogLevelHandle;
 use crate::node_api::cluster_id::{ClusterIdError, ClusterIdSource};
 use crate::node_api::metadata::{self, MetadataSource};
 use crate::node_api::{auth, go_error};
@@ -45,6 +47,8 @@ pub(crate) struct Introspection {
     pub(crate) health: Arc<Health>,
     /// `/status`.
     pub(crate) status: StatusSource,
+    /// `/config/log_level`.
+    pub(crate) log_level: LogLevelHandle,
 }
 
 /// An answer known within `call`, or one that must wait for the cluster id.
@@ -58,6 +62,7 @@ const CLUSTER_ID_PATH: &str = "/api/v1/cluster/id";
 const CLUSTER_ID_HANDLER: &str = "getClusterID";
 const HEALTH_PATH: &str = "/status/health";
 const STATUS_PATH: &str = "/status";
+const LOG_LEVEL_PATH: &str = "/config/log_level";
 
 /// `pkg/version.Version`: Go has no json tags on it, hence the capitalised keys, which node
 /// agents read to pick their calls (bulk pod tags from 1.3, namespace metadata from 7.55).
@@ -206,8 +211,34 @@ impl NodeApiService {
                     json_response(StatusCode::OK, Bytes::from(body), false)
                 }
             }
+            // `config get log_level` / `config set log_level <level>` (the level in the
+            // query: our server reads no request bodies).
+            LOG_LEVEL_PATH if parts.method == Method::GET => {
+                log_level_json(self.shared.introspection.log_level.get())
+            }
+            LOG_LEVEL_PATH if parts.method == Method::POST => {
+                let handle = &self.shared.introspection.log_level;
+                let asked = parts.uri.query().and_then(query_value);
+                match asked.as_deref().map(LogLevel::parse) {
+                    None => go_error(
+                        StatusCode::BAD_REQUEST,
+                        "missing ?value=<level> (trace, debug, info, warn, error, critical, off)",
+                        head,
+                    ),
+                    Some(Err(e)) => go_error(StatusCode::BAD_REQUEST, &e, head),
+                    Some(Ok(level)) => match handle.set(level) {
+                        Ok(()) => {
+                            tracing::info!(level = level.as_filter(), "log level changed");
+                            log_level_json(level)
+                        }
+                        Err(e) => go_error(StatusCode::INTERNAL_SERVER_ERROR, &e, head),
+                    },
+                }
+            }
             // gorilla/mux answers a known path with another method 405, without a body.
-            "/version" | CLUSTER_ID_PATH | HEALTH_PATH | STATUS_PATH => method_not_allowed(head),
+            "/version" | CLUSTER_ID_PATH | HEALTH_PATH | STATUS_PATH | LOG_LEVEL_PATH => {
+                method_not_allowed(head)
+            }
             _ => go_error(StatusCode::NOT_FOUND, "404 page not found", head),
         }
     }
@@ -243,6 +274,21 @@ impl Handler for NodeApiService {
     }
 }
 
+/// `{"log_level":"debug"}`.
+fn log_level_json(level: LogLevel) -> http::Response<Body> {
+    let body = serde_json::json!({ "log_level": level.as_filter() }).to_string();
+    json_response(StatusCode::OK, Bytes::from(body), false)
+}
+
+/// The `value` of a query (`value=debug`), percent-decoding nothing: levels are plain words.
+fn query_value(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("value="))
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+}
+
 /// `format=text` among the query's pairs (anything else is JSON, the default).
 fn wants_text(query: &str) -> bool {
     query.split('&').any(|pair| pair == "format=text")
@@ -271,6 +317,7 @@ fn handler_name(route: Option<metadata::MetadataRoute<'_>>, path: &str) -> &'sta
         None if path == CLUSTER_ID_PATH => CLUSTER_ID_HANDLER,
         None if path == HEALTH_PATH => "getHealth",
         None if path == STATUS_PATH => "getStatus",
+        None if path == LOG_LEVEL_PATH => "configLogLevel",
         None => "unknown",
     }
 }
@@ -386,6 +433,11 @@ mod tests {
         }
     }
 
+    thread_local! {
+        /// One per test thread, so a test's `set` is seen by its own later calls.
+        static LOG_LEVEL: LogLevelHandle = LogLevelHandle::detached(crate::config::LogLevel::Info);
+    }
+
     /// A report with a pid the tests can look for.
     fn status() -> StatusSource {
         Arc::new(|| {
@@ -430,6 +482,7 @@ mod tests {
             Introspection {
                 health: health(),
                 status: status(),
+                log_level: LOG_LEVEL.with(Clone::clone),
             },
         );
         let response = futures::executor::block_on(
@@ -628,6 +681,72 @@ mod tests {
         assert!(text.contains("  Pid:          4242\n"), "{text}");
         let (code, body) = call(Method::POST, "/status", Some(&local));
         assert_eq!((code, body.as_str()), (StatusCode::METHOD_NOT_ALLOWED, ""));
+    }
+
+    #[test]
+    fn the_log_level_is_read_and_changed_behind_the_local_token() {
+        let local = format!("Bearer {LOCAL}");
+        let node_agents = format!("Bearer {TOKEN}");
+        let cases: &[(Method, &str, &str, u16, &str)] = &[
+            (
+                Method::GET,
+                "/config/log_level",
+                &local,
+                200,
+                r#"{"log_level":"info"}"#,
+            ),
+            (
+                Method::POST,
+                "/config/log_level?value=debug",
+                &node_agents,
+                403,
+                "invalid session token\n",
+            ),
+            (
+                Method::GET,
+                "/config/log_level",
+                &local,
+                200,
+                r#"{"log_level":"info"}"#,
+            ),
+            (
+                Method::POST,
+                "/config/log_level?value=loud",
+                &local,
+                400,
+                "\"loud\" is not a log level (trace, debug, info, warn, error, critical, off)\n",
+            ),
+            (
+                Method::POST,
+                "/config/log_level",
+                &local,
+                400,
+                "missing ?value=<level> (trace, debug, info, warn, error, critical, off)\n",
+            ),
+            (
+                Method::POST,
+                "/config/log_level?value=DEBUG",
+                &local,
+                200,
+                r#"{"log_level":"debug"}"#,
+            ),
+            (
+                Method::GET,
+                "/config/log_level",
+                &local,
+                200,
+                r#"{"log_level":"debug"}"#,
+            ),
+            (Method::PUT, "/config/log_level", &local, 405, ""),
+        ];
+        for (method, path, auth, code, want) in cases {
+            let (status, body) = call(method.clone(), path, Some(auth));
+            assert_eq!(
+                (status.as_u16(), body.as_str()),
+                (*code, *want),
+                "{method} {path}"
+            );
+        }
     }
 
     #[test]

@@ -220,6 +220,64 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
     }
     assert!(!report.contains("unhealthy components"), "{report}");
 
+    // The log level changes while the agent runs (`config set log_level`), as in Go: at
+    // error, a request's debug line is gone; back at debug, it is there again.
+    let log_from = |offset: u64| -> String {
+        let bytes = std::fs::read(agent.log_path()).unwrap();
+        String::from_utf8_lossy(&bytes[usize::try_from(offset).unwrap()..]).into_owned()
+    };
+    let log_len = || std::fs::metadata(agent.log_path()).unwrap().len();
+    let cli = |args: &[&str]| -> String {
+        let out = agent.command(args).unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(cli(&["config", "get", "log_level"]), "log_level is debug\n");
+    assert_eq!(
+        cli(&["config", "set", "log_level", "error"]),
+        "log_level is error\n"
+    );
+    let quiet_from = log_len();
+    let version = http
+        .get(format!("{endpoint}/version"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(version.status().as_u16(), 200);
+    assert!(
+        !log_from(quiet_from).contains("node-agent request"),
+        "a debug line at level error:\n{}",
+        log_from(quiet_from)
+    );
+    let status_text = cli(&["status"]);
+    assert!(
+        status_text.contains("  Log level:    error\n"),
+        "{status_text}"
+    );
+    assert_eq!(
+        cli(&["config", "set", "log_level", "debug"]),
+        "log_level is debug\n"
+    );
+    let loud_from = log_len();
+    let version = http
+        .get(format!("{endpoint}/version"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(version.status().as_u16(), 200);
+    eventually("the debug line is back", Duration::from_secs(30), || {
+        let text = log_from(loud_from);
+        async move { Ok(text.contains("node-agent request").then_some(())) }
+    })
+    .await
+    .unwrap();
+
     // Node and namespace metadata, as the watches see them.
     let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
         pairs
@@ -253,17 +311,31 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
         .await
         .unwrap();
 
+    // The node's labels as the API server has them: kube-controller-manager 1.20 adds
+    // `beta.kubernetes.io/os` from `kubernetes.io/os` a moment after creation, so the served
+    // labels must follow the object, whichever version of it the watch delivered last.
+    let nodes_ref = &nodes;
     let labels = eventually(
-        "the node's labels are served",
+        "the node's current labels are served",
         Duration::from_secs(60),
         || {
             let node_agent = node_agent.clone();
-            async move { Ok(node_agent.node_labels("dca-e2e-node").await.ok()) }
+            async move {
+                let served = node_agent.node_labels("dca-e2e-node").await.ok();
+                let current = nodes_ref.get("dca-e2e-node").await?.metadata.labels;
+                Ok(served.filter(|s| Some(s) == current.as_ref()))
+            }
         },
     )
     .await
     .unwrap();
-    assert_eq!(labels, map(&[("kubernetes.io/os", "linux"), ("pool", "a")]));
+    for (key, value) in [("kubernetes.io/os", "linux"), ("pool", "a")] {
+        assert_eq!(
+            labels.get(key).map(String::as_str),
+            Some(value),
+            "{labels:?}"
+        );
+    }
     let annotations = node_agent.node_annotations("dca-e2e-node").await.unwrap();
     assert_eq!(
         annotations,

@@ -29,7 +29,7 @@ type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 
 pub(crate) async fn run(
     settings: Settings,
-    log_level: crate::logging::LogLevelHandle,
+    log_level: crate::logging::LoggingHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let started_at = status::unix_now();

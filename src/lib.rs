@@ -17,6 +17,7 @@ pub mod leader;
 pub(crate) mod logging;
 pub(crate) mod metadata;
 pub(crate) mod node_api;
+pub(crate) mod scrub;
 pub(crate) mod status;
 /// The node-agent API over a synthetic cluster, for its benchmark; never in the shipped
 /// binary.

@@ -1,6 +1,8 @@
 //! Tracing set-up: text by default, JSON lines with `log_format_json`; the level can be
 //! changed while the agent runs (`config set log_level debug`).
 
+use std::collections::VecDeque;
+use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing_subscriber::EnvFilter;
@@ -10,31 +12,90 @@ use crate::config::LogLevel;
 /// Swaps the installed subscriber's filter.
 type Reload = Arc<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
 
-/// Changes the running agent's log level. Cheap to clone.
+/// How much of the log `flare` gets: the last lines, not the whole history.
+const TAIL_BYTES: usize = 2 << 20;
+
+/// The last [`TAIL_BYTES`] the agent logged, kept beside stderr for `flare` (the agent
+/// writes no log file: its logs are the container's).
+#[derive(Clone, Default)]
+pub(crate) struct LogTail(Arc<Mutex<VecDeque<u8>>>);
+
+impl LogTail {
+    pub(crate) fn push(&self, bytes: &[u8]) {
+        let mut tail = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        tail.extend(bytes);
+        let excess = tail.len().saturating_sub(TAIL_BYTES);
+        tail.drain(..excess);
+    }
+
+    /// The kept lines, from the first whole one.
+    pub(crate) fn text(&self) -> String {
+        let tail = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let bytes: Vec<u8> = tail.iter().copied().collect();
+        drop(tail);
+        let text = String::from_utf8_lossy(&bytes);
+        if bytes.len() < TAIL_BYTES {
+            return text.into_owned();
+        }
+        text.split_once('\n')
+            .map_or_else(String::new, |(_, rest)| rest.to_owned())
+    }
+}
+
+/// Writes each log event to stderr and to the tail.
+pub(crate) struct Tee(LogTail);
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().write_all(buf)?;
+        self.0.push(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogTail {
+    type Writer = Tee;
+
+    fn make_writer(&'a self) -> Tee {
+        Tee(self.clone())
+    }
+}
+
+/// Changes the running agent's log level, and reads its recent log. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct LogLevelHandle {
+pub(crate) struct LoggingHandle {
     current: Arc<Mutex<LogLevel>>,
+    tail: LogTail,
     /// Swaps the filter of the installed subscriber; `None` where none was installed by us
     /// (a second initialisation in tests).
     reload: Option<Reload>,
 }
 
-impl std::fmt::Debug for LogLevelHandle {
+impl std::fmt::Debug for LoggingHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogLevelHandle")
+        f.debug_struct("LoggingHandle")
             .field("current", &self.get())
             .finish_non_exhaustive()
     }
 }
 
-impl LogLevelHandle {
+impl LoggingHandle {
     /// A handle that records the level without a subscriber to change (tests, tools).
     #[cfg(any(test, feature = "test-util"))]
     pub(crate) fn detached(level: LogLevel) -> Self {
-        LogLevelHandle {
+        LoggingHandle {
             current: Arc::new(Mutex::new(level)),
+            tail: LogTail::default(),
             reload: None,
         }
+    }
+
+    pub(crate) fn tail(&self) -> &LogTail {
+        &self.tail
     }
 
     pub(crate) fn get(&self) -> LogLevel {
@@ -54,12 +115,13 @@ impl LogLevelHandle {
 
 /// `RUST_LOG`, when set, wins at start-up: it is how developers trace one module. Otherwise
 /// the configured level applies to our code, and chatty dependencies stay at warn.
-pub(crate) fn init(level: LogLevel, json: bool, color: bool) -> LogLevelHandle {
+pub(crate) fn init(level: LogLevel, json: bool, color: bool) -> LoggingHandle {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|s| EnvFilter::try_new(s).ok())
         .unwrap_or_else(|| EnvFilter::new(directives(level)));
-    let base = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    let tail = LogTail::default();
+    let base = tracing_subscriber::fmt().with_writer(tail.clone());
     // The reload handle's type names the formatter, so each branch takes its own. A second
     // initialisation (tests) is harmless: nothing is installed and there is nothing to reload.
     let (installed, reload): (bool, Reload) = if json {
@@ -89,8 +151,9 @@ pub(crate) fn init(level: LogLevel, json: bool, color: bool) -> LogLevelHandle {
             Arc::new(move |f| handle.reload(f).map_err(|e| e.to_string())),
         )
     };
-    LogLevelHandle {
+    LoggingHandle {
         current: Arc::new(Mutex::new(level)),
+        tail,
         reload: installed.then_some(reload),
     }
 }
@@ -129,8 +192,25 @@ mod tests {
     }
 
     #[test]
+    fn the_tail_keeps_the_last_whole_lines() {
+        let tail = LogTail::default();
+        tail.push(b"first\n");
+        assert_eq!(tail.text(), "first\n");
+        let line = format!("{}\n", "x".repeat(1023));
+        for _ in 0..(TAIL_BYTES / 1024 + 10) {
+            tail.push(line.as_bytes());
+        }
+        tail.push(b"last\n");
+        let text = tail.text();
+        assert!(text.len() <= TAIL_BYTES, "{}", text.len());
+        assert!(!text.contains("first"));
+        assert!(text.ends_with("last\n"));
+        assert!(text.lines().all(|l| l == "last" || l.len() == 1023));
+    }
+
+    #[test]
     fn a_detached_handle_records_the_level() {
-        let handle = LogLevelHandle::detached(LogLevel::Info);
+        let handle = LoggingHandle::detached(LogLevel::Info);
         handle.set(LogLevel::Debug).unwrap();
         assert_eq!(handle.get(), LogLevel::Debug);
         assert_eq!(handle.clone().get(), LogLevel::Debug);

@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     // Settings and plumbing every subsystem uses.
     ("config", 1),
     ("health", 1),
+    ("scrub", 1),
     ("status", 1),
     ("shutdown", 1),
     ("tls", 1),

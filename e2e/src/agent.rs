@@ -276,8 +276,17 @@ impl Agent {
 
     /// Runs one of the binary's client commands (`metamap`, `health`, ...) against this
     /// agent as an operator does in its container: the agent's config folder, local token
-    /// and command port, and nothing else from this process's environment.
+    /// and ports, and nothing else from this process's environment.
     pub fn command(&self, args: &[&str]) -> Result<std::process::Output> {
+        self.command_with_env(args, &[])
+    }
+
+    /// [`command`](Self::command) with more environment (`DD_API_KEY` for `flare --send`).
+    pub fn command_with_env(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<std::process::Output> {
         let binary = self.settings.binary.clone().unwrap_or_else(default_binary);
         let mut command = Command::new(binary);
         command
@@ -286,11 +295,17 @@ impl Agent {
             .args(args)
             .env_clear()
             .env(LOCAL_TOKEN_ENV, self.local_token_path());
-        for key in ["DD_CLUSTER_AGENT_CMD_PORT", "DD_BIND_HOST"] {
+        for key in [
+            "DD_CLUSTER_AGENT_CMD_PORT",
+            "DD_BIND_HOST",
+            "DD_METRICS_PORT",
+            "DD_EXPVAR_PORT",
+        ] {
             if let Some(value) = self.settings.env.get(key) {
                 command.env(key, value);
             }
         }
+        command.envs(env.iter().copied());
         command
             .output()
             .with_context(|| format!("running {args:?} against {}", self.settings.name))

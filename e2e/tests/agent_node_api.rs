@@ -278,6 +278,94 @@ async fn node_agents_handshake_and_refusals_read_as_go_writes_them() {
     .await
     .unwrap();
 
+    // `flare 1234 --send`, as an operator runs it: an archive of scrubbed files, none of
+    // which holds a key or a token, posted to the flare route with Go's fields.
+    let local_token = std::fs::read_to_string(agent.local_token_path()).unwrap();
+    let flare = agent
+        .command_with_env(
+            &["flare", "1234", "-e", "ops@example.com", "--send"],
+            &[
+                ("DD_API_KEY", double.api_key()),
+                ("DD_DD_URL", &double.base_url()),
+            ],
+        )
+        .unwrap();
+    let flare_out = String::from_utf8_lossy(&flare.stdout).into_owned();
+    assert!(
+        flare.status.success(),
+        "{flare_out}{}",
+        String::from_utf8_lossy(&flare.stderr)
+    );
+    let archive_path = flare_out.lines().next().unwrap().to_owned();
+    assert!(flare_out.contains("sent to "), "{flare_out}");
+    let mut archive = zip::ZipArchive::new(std::fs::File::open(&archive_path).unwrap()).unwrap();
+    let mut files = BTreeMap::new();
+    for i in 0..archive.len() {
+        let mut file = archive.by_index(i).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut file, &mut text).unwrap();
+        files.insert(file.name().to_owned(), text);
+    }
+    for name in [
+        "flare/status.log",
+        "flare/status.json",
+        "flare/health.json",
+        "flare/log-level.json",
+        "flare/cluster-agent.log",
+        "flare/telemetry.log",
+        "flare/expvar.json",
+        "flare/config.yaml",
+        "flare/envvars.log",
+        "flare/version.log",
+    ] {
+        assert!(
+            files.contains_key(name),
+            "{name} missing: {:?}",
+            files.keys()
+        );
+    }
+    let status: serde_json::Value = serde_json::from_str(&files["flare/status.json"]).unwrap();
+    assert_eq!(status["agent"]["pid"], agent.pid());
+    assert!(files["flare/cluster-agent.log"].contains("node-agent request"));
+    assert!(files["flare/telemetry.log"].contains("api_requests_total"));
+    for (name, text) in &files {
+        for secret in [
+            double.api_key(),
+            double.app_key(),
+            TOKEN,
+            local_token.trim(),
+        ] {
+            assert!(!text.contains(secret), "{name} holds a secret");
+        }
+    }
+    let uploads = double.requests_to("/support/flare/1234");
+    let upload = uploads
+        .iter()
+        .find(|r| r.method == http::Method::POST)
+        .unwrap();
+    assert_eq!(upload.header("dd-api-key"), Some(double.api_key()));
+    for (field, want) in [
+        ("case_id", Some("1234")),
+        ("email", Some("ops@example.com")),
+        ("source", Some("local")),
+    ] {
+        assert_eq!(
+            upload
+                .multipart_field(field)
+                .and_then(|p| p.text.as_deref()),
+            want,
+            "{field}"
+        );
+    }
+    assert!(upload.multipart_field("agent_version").is_some());
+    assert!(upload.multipart_field("hostname").is_some());
+    let file = upload.multipart_field("flare_file").unwrap();
+    assert_eq!(
+        u64::try_from(file.size).unwrap(),
+        std::fs::metadata(&archive_path).unwrap().len()
+    );
+    std::fs::remove_file(&archive_path).unwrap();
+
     // Node and namespace metadata, as the watches see them.
     let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
         pairs

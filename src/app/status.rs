@@ -15,7 +15,7 @@ use crate::status::{
 pub(crate) struct Parts {
     pub(crate) agent: Agent,
     pub(crate) cmd_port: u16,
-    pub(crate) log_level: crate::logging::LogLevelHandle,
+    pub(crate) log_level: crate::logging::LoggingHandle,
     pub(crate) leader: LeaderHandle,
     pub(crate) metadata: Arc<dyn MetadataSource>,
     pub(crate) external_metrics: Option<ExternalMetricsParts>,

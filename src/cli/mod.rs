@@ -2,6 +2,7 @@
 
 mod certs;
 mod config;
+mod flare;
 mod health;
 mod local;
 mod metamap;
@@ -45,6 +46,8 @@ pub enum Command {
     Health(health::HealthArgs),
     /// Print the running agent's status: leader election, node-agent API, external metrics (each with its value, age and error) and the Datadog API.
     Status(status::StatusArgs),
+    /// Build a scrubbed archive for Datadog support (status, health, logs, config, telemetry) and send it with --send.
+    Flare(flare::FlareArgs),
     /// Make the external metrics server's CA and serving certificate (no openssl needed).
     Certs(certs::CertsArgs),
 }
@@ -58,6 +61,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Metamap(args) => metamap::run(cli.cfgpath.as_deref(), &args),
         Command::Health(args) => health::run(cli.cfgpath.as_deref(), &args, !cli.no_color),
         Command::Status(args) => status::run(cli.cfgpath.as_deref(), &args, !cli.no_color),
+        Command::Flare(args) => flare::run(cli.cfgpath.as_deref(), &args),
         Command::Certs(args) => certs::run(&args),
     };
     match result {

@@ -81,13 +81,13 @@ pub static SPECS: &[Spec] = &[
         kind: Kind::Str,
         default: "",
         env_aliases: &["DD_URL"],
-        doc: "Override of the Datadog intake URL (events, service checks).",
+        doc: "Base URL for uploads to Datadog instead of `https://<version>-flare.agent.<site>`: `flare --send` posts to `<dd_url>/support/flare/<case>` (a proxy, or a test double). Event and service-check delivery will use it when they land.",
     },
     spec(
         "hostname",
         Kind::Str,
         "",
-        "Host name reported with events; default: the machine's.",
+        "Host name the flare upload reports; default: `DD_POD_NAME`, else the machine's. Events will report it when they land.",
     ),
     spec(
         "cluster_name",
@@ -360,8 +360,6 @@ pub static SPECS: &[Spec] = &[
 /// will read them (node-agent API, event collection, telemetry) are not built. The README
 /// marks them, and `start` does not refuse a malformed one (it warns and uses the default).
 pub const NOT_YET_USED: &[&str] = &[
-    "dd_url",
-    "hostname",
     "cluster_name",
     "cluster_agent.token_name",
     "collect_kubernetes_events",

@@ -261,7 +261,7 @@ pub async fn serve(
         crate::node_api::service::Introspection {
             health: crate::health::Health::new(),
             status: Arc::new(crate::status::Status::default),
-            log_level: crate::logging::LogLevelHandle::detached(crate::config::LogLevel::Info),
+            log_level: crate::logging::LoggingHandle::detached(crate::config::LogLevel::Info),
         },
     );
     serve_on(listener, tls, service, shutdown).await;

@@ -69,7 +69,7 @@ pub(crate) struct Sources {
     /// `/status`.
     pub(crate) status: crate::status::StatusSource,
     /// `/config/log_level`.
-    pub(crate) log_level: crate::logging::LogLevelHandle,
+    pub(crate) log_level: crate::logging::LoggingHandle,
 }
 
 /// Serves the node-agent API on `bind_host:cluster_agent.cmd_port` until `shutdown`, then

@@ -16,7 +16,7 @@ use crate::apiserver::telemetry::RouteTelemetry;
 use crate::config::LogLevel;
 use crate::config::Secret;
 use crate::health::Health;
-use crate::logging::LogLevelHandle;
+use crate::logging::LoggingHandle;
 use crate::node_api::cluster_id::{ClusterIdError, ClusterIdSource};
 use crate::node_api::metadata::{self, MetadataSource};
 use crate::node_api::{auth, go_error};
@@ -48,7 +48,7 @@ pub(crate) struct Introspection {
     /// `/status`.
     pub(crate) status: StatusSource,
     /// `/config/log_level`.
-    pub(crate) log_level: LogLevelHandle,
+    pub(crate) log_level: LoggingHandle,
 }
 
 /// An answer known within `call`, or one that must wait for the cluster id.
@@ -63,6 +63,7 @@ const CLUSTER_ID_HANDLER: &str = "getClusterID";
 const HEALTH_PATH: &str = "/status/health";
 const STATUS_PATH: &str = "/status";
 const LOG_LEVEL_PATH: &str = "/config/log_level";
+const FLARE_LOGS_PATH: &str = "/flare/logs";
 
 /// `pkg/version.Version`: Go has no json tags on it, hence the capitalised keys, which node
 /// agents read to pick their calls (bulk pod tags from 1.3, namespace metadata from 7.55).
@@ -235,10 +236,19 @@ impl NodeApiService {
                     },
                 }
             }
-            // gorilla/mux answers a known path with another method 405, without a body.
-            "/version" | CLUSTER_ID_PATH | HEALTH_PATH | STATUS_PATH | LOG_LEVEL_PATH => {
-                method_not_allowed(head)
+            // The recent log for `flare`, scrubbed before it leaves the process.
+            FLARE_LOGS_PATH if parts.method == Method::GET => {
+                let text = crate::scrub::scrub(&self.shared.introspection.log_level.tail().text());
+                let mut response = json_response(StatusCode::OK, Bytes::from(text), false);
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                response
             }
+            // gorilla/mux answers a known path with another method 405, without a body.
+            "/version" | CLUSTER_ID_PATH | HEALTH_PATH | STATUS_PATH | LOG_LEVEL_PATH
+            | FLARE_LOGS_PATH => method_not_allowed(head),
             _ => go_error(StatusCode::NOT_FOUND, "404 page not found", head),
         }
     }
@@ -318,6 +328,7 @@ fn handler_name(route: Option<metadata::MetadataRoute<'_>>, path: &str) -> &'sta
         None if path == HEALTH_PATH => "getHealth",
         None if path == STATUS_PATH => "getStatus",
         None if path == LOG_LEVEL_PATH => "configLogLevel",
+        None if path == FLARE_LOGS_PATH => "getFlareLogs",
         None => "unknown",
     }
 }
@@ -435,7 +446,7 @@ mod tests {
 
     thread_local! {
         /// One per test thread, so a test's `set` is seen by its own later calls.
-        static LOG_LEVEL: LogLevelHandle = LogLevelHandle::detached(crate::config::LogLevel::Info);
+        static LOG_LEVEL: LoggingHandle = LoggingHandle::detached(crate::config::LogLevel::Info);
     }
 
     /// A report with a pid the tests can look for.
@@ -747,6 +758,20 @@ mod tests {
                 "{method} {path}"
             );
         }
+    }
+
+    #[test]
+    fn the_recent_log_is_served_scrubbed_behind_the_local_token() {
+        LOG_LEVEL.with(|handle| {
+            handle
+                .tail()
+                .push(b"request Authorization: Bearer e2eTokenForTheClusterAgent0123456789\n");
+        });
+        let (code, body) = call(Method::GET, "/flare/logs", Some(&format!("Bearer {LOCAL}")));
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(body, "request Authorization: Bearer ********\n");
+        let (code, _) = call(Method::GET, "/flare/logs", Some(&format!("Bearer {TOKEN}")));
+        assert_eq!(code, StatusCode::FORBIDDEN);
     }
 
     #[test]

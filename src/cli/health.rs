@@ -7,7 +7,7 @@ use std::io::IsTerminal as _;
 use std::path::Path;
 use std::time::Duration;
 
-use super::local::{self, Answer, LocalApiError};
+use super::local;
 use crate::health::Status;
 
 #[derive(Debug, clap::Args)]
@@ -24,20 +24,6 @@ pub struct HealthArgs {
 
 #[derive(Debug, thiserror::Error)]
 enum HealthError {
-    #[error(transparent)]
-    Local(#[from] LocalApiError),
-    #[error("the cluster agent at {url} answered {status}: {body}")]
-    Refused {
-        url: String,
-        status: u16,
-        body: String,
-    },
-    #[error("the cluster agent at {url} answered no health status: {source}")]
-    Malformed {
-        url: String,
-        #[source]
-        source: serde_json::Error,
-    },
     /// Go's wording, which scripts match.
     #[error("found {0} unhealthy components")]
     Unhealthy(usize),
@@ -46,14 +32,7 @@ enum HealthError {
 pub(super) fn run(cfgpath: Option<&Path>, args: &HealthArgs, colour: bool) -> anyhow::Result<()> {
     let settings = local::settings(cfgpath)?;
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let Answer { url, status, body } =
-        local::get(&settings, "/status/health", timeout)?.map_err(HealthError::from)?;
-    if status != 200 {
-        let body = String::from_utf8_lossy(&body).trim_end().to_owned();
-        return Err(HealthError::Refused { url, status, body }.into());
-    }
-    let health: Status =
-        serde_json::from_slice(&body).map_err(|source| HealthError::Malformed { url, source })?;
+    let health: Status = local::get_json(&settings, "/status/health", "health status", timeout)?;
     print!(
         "{}",
         render(&health, colour && std::io::stdout().is_terminal())

@@ -1,6 +1,7 @@
 //! The client of the running agent's local API (`https://<bind_host>:<cmd_port>`, the
-//! local token of `auth_token_file_path`) that `metamap` and `health` talk through, as the
-//! Go DCA's CLI does: its own self-signed certificate is not verified.
+//! local token of `auth_token_file_path`) that the client commands (`metamap`, `health`,
+//! `status`, `config get|set`, `flare`) talk through, as the Go DCA's CLI does: its own
+//! self-signed certificate is not verified.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -23,6 +24,47 @@ pub(super) enum LocalApiError {
         #[source]
         source: reqwest::Error,
     },
+}
+
+/// Why a JSON document could not be had from the agent.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum JsonError {
+    #[error(transparent)]
+    Local(#[from] LocalApiError),
+    #[error("the cluster agent at {url} answered {status}: {body}")]
+    Refused {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("the cluster agent at {url} answered no {what}: {source}")]
+    Malformed {
+        url: String,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// `GET path`, which must answer 200 with the JSON of a `T` (`what`, for the error).
+pub(super) fn get_json<T: serde::de::DeserializeOwned>(
+    settings: &Settings,
+    path: &str,
+    what: &'static str,
+    timeout: Duration,
+) -> anyhow::Result<T> {
+    let Answer { url, status, body } = get(settings, path, timeout)?.map_err(JsonError::from)?;
+    if status != 200 {
+        let body = String::from_utf8_lossy(&body).trim_end().to_owned();
+        return Err(JsonError::Refused { url, status, body }.into());
+    }
+    Ok(
+        serde_json::from_slice(&body).map_err(|source| JsonError::Malformed {
+            url,
+            what,
+            source,
+        })?,
+    )
 }
 
 /// What the agent answered.

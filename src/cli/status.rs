@@ -6,7 +6,7 @@ use std::io::IsTerminal as _;
 use std::path::Path;
 use std::time::Duration;
 
-use super::local::{self, Answer, LocalApiError};
+use super::local;
 use crate::status::Status;
 
 /// The agent builds the report from memory; a slow answer means it is in trouble.
@@ -20,24 +20,6 @@ pub struct StatusArgs {
     /// Print the report as indented JSON.
     #[arg(short = 'p', long = "pretty-json")]
     pretty_json: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum StatusError {
-    #[error(transparent)]
-    Local(#[from] LocalApiError),
-    #[error("the cluster agent at {url} answered {status}: {body}")]
-    Refused {
-        url: String,
-        status: u16,
-        body: String,
-    },
-    #[error("the cluster agent at {url} answered no status report: {source}")]
-    Malformed {
-        url: String,
-        #[source]
-        source: serde_json::Error,
-    },
 }
 
 /// How the report is printed.
@@ -66,14 +48,7 @@ fn print(status: &Status, format: Format) -> anyhow::Result<String> {
 
 pub(super) fn run(cfgpath: Option<&Path>, args: &StatusArgs, colour: bool) -> anyhow::Result<()> {
     let settings = local::settings(cfgpath)?;
-    let Answer { url, status, body } =
-        local::get(&settings, "/status", TIMEOUT)?.map_err(StatusError::from)?;
-    if status != 200 {
-        let body = String::from_utf8_lossy(&body).trim_end().to_owned();
-        return Err(StatusError::Refused { url, status, body }.into());
-    }
-    let report: Status =
-        serde_json::from_slice(&body).map_err(|source| StatusError::Malformed { url, source })?;
+    let report: Status = local::get_json(&settings, "/status", "status report", TIMEOUT)?;
     let format = format(args, colour && std::io::stdout().is_terminal());
     print!("{}", print(&report, format)?);
     Ok(())

@@ -148,6 +148,9 @@ pub(crate) async fn run(
         metadata: Arc::clone(&metadata) as Arc<dyn crate::node_api::metadata::MetadataSource>,
         health: Arc::clone(&health),
         log_level: log_level.clone(),
+        explain: status_parts
+            .as_ref()
+            .map(|p| status::explain_source(Arc::clone(&p.source))),
         status: status::source(status::Parts {
             agent: crate::status::Agent {
                 version: crate::version::VERSION.to_owned(),

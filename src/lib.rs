@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod datadog;
 pub(crate) mod error;
+pub(crate) mod explain;
 pub mod external_metrics;
 pub(crate) mod health;
 pub mod k8s;

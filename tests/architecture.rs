@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("version", 0),
     // Settings and plumbing every subsystem uses.
     ("config", 1),
+    ("explain", 1),
     ("health", 1),
     ("scrub", 1),
     ("status", 1),

@@ -65,7 +65,8 @@ fn help_lists_the_commands() {
     assert_eq!(
         commands,
         [
-            "start", "version", "config", "metamap", "health", "status", "flare", "certs", "help"
+            "start", "version", "config", "metamap", "health", "status", "explain", "flare",
+            "certs", "help"
         ],
         "--help:\n{text}"
     );

@@ -620,6 +620,29 @@ async fn datadog_faults_never_scale_hpas() {
         assert_eq!(metric["valid"], true, "{metric}");
     }
     assert_eq!(report["agent"]["pid"], agent.pid(), "{report}");
+    // `explain`: the query the leader sends for the HPA and the value the HPA gets.
+    let out = agent.command(&["explain", "apps/orders"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("    Datadog query: {FAST_ORDERS_QUERY}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains("    Answer:        the HPA gets 40\n"),
+        "{text}"
+    );
+    let out = agent.command(&["explain", "apps/nope"]).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no HorizontalPodAutoscaler apps/nope"),
+        "{err}"
+    );
     assert!(
         report["datadog_api"]["successes"].as_u64() >= Some(2),
         "{report}"
@@ -718,6 +741,12 @@ async fn datadog_faults_never_scale_hpas() {
         "{text}"
     );
     assert!(!text.contains('\x1b'), "colour off a terminal: {text}");
+    let out = agent.command(&["explain", "apps/web"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("    Answer:        an error: ") && text.contains("503"),
+        "{text}"
+    );
     // Three failed calls in a row and `health` says so, naming the error, and exits 1; the
     // probes stay green so Kubernetes neither restarts the agent nor pulls it from its
     // Service over a Datadog outage.

@@ -29,6 +29,61 @@ pub(crate) struct ExternalMetricsParts {
     pub(crate) endpoint: String,
 }
 
+/// `explain`'s answers, from the HPA catalog and this replica's copy of the store.
+pub(crate) fn explain_source(source: Arc<DatadogMetricSource>) -> crate::explain::ExplainSource {
+    Arc::new(move |namespace: &str, name: &str| {
+        let catalog = source.catalog().snapshot();
+        let ours = |r: &crate::autoscaling::store_format::ObjectReference| {
+            r.namespace == namespace && r.name == name
+        };
+        let wanted: Vec<_> = catalog
+            .wanted
+            .iter()
+            .filter(|w| ours(&w.reference))
+            .collect();
+        let problems: Vec<String> = catalog
+            .problems
+            .iter()
+            .filter(|p| ours(&p.reference))
+            .map(|p| p.message.clone())
+            .collect();
+        if wanted.is_empty() && problems.is_empty() {
+            return None;
+        }
+        let settings = source.settings();
+        let store = source.store();
+        let metrics =
+            wanted
+                .iter()
+                .map(|w| {
+                    let key = w.key();
+                    let stored = store.entries.iter().find(|e| e.key == key).map(|e| {
+                        crate::explain::Stored {
+                            value: e.value.value,
+                            timestamp: e.value.timestamp,
+                            valid: e.value.valid,
+                            reason: store.reason(&key).map(str::to_owned),
+                        }
+                    });
+                    crate::explain::MetricExplanation {
+                        name: w.metric_name.clone(),
+                        labels: w.labels.clone(),
+                        query: w.query(settings.aggregator, settings.rollup_secs),
+                        store_key: key,
+                        stored,
+                        staleness_limit_secs: settings.staleness_limit_secs,
+                    }
+                })
+                .collect();
+        Some(crate::explain::Explanation {
+            hpa: format!("{namespace}/{name}"),
+            now: unix_now(),
+            metrics,
+            problems,
+        })
+    })
+}
+
 pub(crate) fn unix_now() -> i64 {
     jiff::Timestamp::now().as_second()
 }

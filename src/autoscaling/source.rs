@@ -328,6 +328,11 @@ impl DatadogMetricSource {
         Arc::clone(&self.store.borrow())
     }
 
+    /// How it builds queries and judges staleness.
+    pub fn settings(&self) -> &SourceSettings {
+        &self.settings
+    }
+
     /// The HPAs this replica knows.
     pub fn catalog(&self) -> &HpaCatalog {
         &self.catalog

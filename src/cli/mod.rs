@@ -2,6 +2,7 @@
 
 mod certs;
 mod config;
+mod explain;
 mod flare;
 mod health;
 mod local;
@@ -46,6 +47,8 @@ pub enum Command {
     Health(health::HealthArgs),
     /// Print the running agent's status: leader election, node-agent API, external metrics (each with its value, age and error) and the Datadog API.
     Status(status::StatusArgs),
+    /// Explain what an HPA's External metrics get from this agent, and why (ours).
+    Explain(explain::ExplainArgs),
     /// Build a scrubbed archive for Datadog support (status, health, logs, config, telemetry) and send it with --send.
     Flare(flare::FlareArgs),
     /// Make the external metrics server's CA and serving certificate (no openssl needed).
@@ -61,6 +64,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Metamap(args) => metamap::run(cli.cfgpath.as_deref(), &args),
         Command::Health(args) => health::run(cli.cfgpath.as_deref(), &args, !cli.no_color),
         Command::Status(args) => status::run(cli.cfgpath.as_deref(), &args, !cli.no_color),
+        Command::Explain(args) => explain::run(cli.cfgpath.as_deref(), &args),
         Command::Flare(args) => flare::run(cli.cfgpath.as_deref(), &args),
         Command::Certs(args) => certs::run(&args),
     };

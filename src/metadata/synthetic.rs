@@ -262,6 +262,7 @@ pub async fn serve(
             health: crate::health::Health::new(),
             status: Arc::new(crate::status::Status::default),
             log_level: crate::logging::LoggingHandle::detached(crate::config::LogLevel::Info),
+            explain: None,
         },
     );
     serve_on(listener, tls, service, shutdown).await;

@@ -68,8 +68,10 @@ pub(crate) struct Sources {
     pub(crate) health: Arc<crate::health::Health>,
     /// `/status`.
     pub(crate) status: crate::status::StatusSource,
-    /// `/config/log_level`.
+    /// `/config/log_level`, `/flare/logs`.
     pub(crate) log_level: crate::logging::LoggingHandle,
+    /// `/explain/<ns>/<hpa>`, with external metrics.
+    pub(crate) explain: Option<crate::explain::ExplainSource>,
 }
 
 /// Serves the node-agent API on `bind_host:cluster_agent.cmd_port` until `shutdown`, then
@@ -109,6 +111,7 @@ pub(crate) async fn run(
             health: sources.health,
             status: sources.status,
             log_level: sources.log_level,
+            explain: sources.explain,
         },
     );
     serve_on(listener, tls, service, shutdown).await;

@@ -47,8 +47,10 @@ pub(crate) struct Introspection {
     pub(crate) health: Arc<Health>,
     /// `/status`.
     pub(crate) status: StatusSource,
-    /// `/config/log_level`.
+    /// `/config/log_level`, `/flare/logs`.
     pub(crate) log_level: LoggingHandle,
+    /// `/explain/<ns>/<hpa>`; `None` without external metrics.
+    pub(crate) explain: Option<crate::explain::ExplainSource>,
 }
 
 /// An answer known within `call`, or one that must wait for the cluster id.
@@ -64,6 +66,7 @@ const HEALTH_PATH: &str = "/status/health";
 const STATUS_PATH: &str = "/status";
 const LOG_LEVEL_PATH: &str = "/config/log_level";
 const FLARE_LOGS_PATH: &str = "/flare/logs";
+const EXPLAIN_PREFIX: &str = "/explain/";
 
 /// `pkg/version.Version`: Go has no json tags on it, hence the capitalised keys, which node
 /// agents read to pick their calls (bulk pod tags from 1.3, namespace metadata from 7.55).
@@ -246,10 +249,53 @@ impl NodeApiService {
                 );
                 response
             }
+            path if path.starts_with(EXPLAIN_PREFIX) => {
+                if parts.method == Method::GET {
+                    self.explain(&path[EXPLAIN_PREFIX.len()..], head)
+                } else {
+                    method_not_allowed(head)
+                }
+            }
             // gorilla/mux answers a known path with another method 405, without a body.
             "/version" | CLUSTER_ID_PATH | HEALTH_PATH | STATUS_PATH | LOG_LEVEL_PATH
             | FLARE_LOGS_PATH => method_not_allowed(head),
             _ => go_error(StatusCode::NOT_FOUND, "404 page not found", head),
+        }
+    }
+}
+
+impl NodeApiService {
+    /// `<ns>/<hpa>`: the explanation as JSON, or a plain-text 404 that says what is missing.
+    fn explain(&self, rest: &str, head: bool) -> http::Response<Body> {
+        let Some(explain) = &self.shared.introspection.explain else {
+            return go_error(
+                StatusCode::NOT_FOUND,
+                "external metrics are off (external_metrics_provider.enabled)",
+                head,
+            );
+        };
+        let Some((namespace, name)) = rest
+            .split_once('/')
+            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+        else {
+            return go_error(
+                StatusCode::BAD_REQUEST,
+                "expected /explain/<namespace>/<hpa>",
+                head,
+            );
+        };
+        match explain(namespace, name) {
+            Some(explanation) => {
+                let body = serde_json::to_vec(&explanation).unwrap_or_else(|_| b"{}".to_vec());
+                json_response(StatusCode::OK, Bytes::from(body), false)
+            }
+            None => go_error(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "no HorizontalPodAutoscaler {namespace}/{name} asks this agent for an External metric (is its name right, and does it have an External metric?)"
+                ),
+                head,
+            ),
         }
     }
 }
@@ -329,6 +375,7 @@ fn handler_name(route: Option<metadata::MetadataRoute<'_>>, path: &str) -> &'sta
         None if path == STATUS_PATH => "getStatus",
         None if path == LOG_LEVEL_PATH => "configLogLevel",
         None if path == FLARE_LOGS_PATH => "getFlareLogs",
+        None if path.starts_with(EXPLAIN_PREFIX) => "explainHPA",
         None => "unknown",
     }
 }
@@ -494,6 +541,12 @@ mod tests {
                 health: health(),
                 status: status(),
                 log_level: LOG_LEVEL.with(Clone::clone),
+                explain: Some(Arc::new(|ns: &str, name: &str| {
+                    (ns == "apps" && name == "orders").then(|| crate::explain::Explanation {
+                        hpa: "apps/orders".into(),
+                        ..Default::default()
+                    })
+                })),
             },
         );
         let response = futures::executor::block_on(
@@ -772,6 +825,41 @@ mod tests {
         assert_eq!(body, "request Authorization: Bearer ********\n");
         let (code, _) = call(Method::GET, "/flare/logs", Some(&format!("Bearer {TOKEN}")));
         assert_eq!(code, StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn explain_answers_the_hpa_or_says_what_is_missing() {
+        let local = format!("Bearer {LOCAL}");
+        let (code, body) = call(Method::GET, "/explain/apps/orders", Some(&local));
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let e: crate::explain::Explanation = serde_json::from_str(&body).unwrap();
+        assert_eq!(e.hpa, "apps/orders");
+        let cases = [
+            (
+                "/explain/apps/web",
+                404,
+                "no HorizontalPodAutoscaler apps/web asks this agent",
+            ),
+            ("/explain/apps", 400, "expected /explain/<namespace>/<hpa>"),
+            (
+                "/explain/apps/orders/x",
+                400,
+                "expected /explain/<namespace>/<hpa>",
+            ),
+        ];
+        for (path, code, want) in cases {
+            let (status, body) = call(Method::GET, path, Some(&local));
+            assert_eq!(status.as_u16(), code, "{path}");
+            assert!(body.starts_with(want), "{path}: {body}");
+        }
+        let (code, _) = call(
+            Method::GET,
+            "/explain/apps/orders",
+            Some(&format!("Bearer {TOKEN}")),
+        );
+        assert_eq!(code, StatusCode::FORBIDDEN);
+        let (code, _) = call(Method::POST, "/explain/apps/orders", Some(&local));
+        assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[test]

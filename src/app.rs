@@ -27,6 +27,9 @@ mod status;
 
 type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 
+/// How often each replica asks Datadog whether the API key is valid (for `status`).
+const KEY_CHECK_PERIOD: Duration = Duration::from_secs(30 * 60);
+
 pub(crate) async fn run(
     settings: Settings,
     log_level: crate::logging::LoggingHandle,
@@ -259,6 +262,34 @@ fn start_external_metrics(
         .context("cannot build the Datadog client for external metrics")?;
     let datadog_telemetry = resolver.telemetry();
     let endpoint = resolver.client().base_url().to_owned();
+    let validator = resolver.client().clone();
+    let checks = Arc::clone(&datadog_telemetry);
+    let stop = shutdown.clone();
+    tasks.spawn(
+        async move {
+            // Every replica asks: it is one call per period, and `status` on any replica
+            // should say whether the key works.
+            loop {
+                let result = tokio::select! {
+                    () = stop.cancelled() => break,
+                    result = validator.validate() => result,
+                };
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "Datadog did not validate the API key");
+                }
+                checks.record_key_check(crate::datadog::resolver::key_check(
+                    &result,
+                    status::unix_now(),
+                ));
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(KEY_CHECK_PERIOD) => {}
+                }
+            }
+            ("API key validation", Ok(()))
+        }
+        .instrument(tracing::info_span!("api_key_validation")),
+    );
     let calls = Arc::clone(&datadog_telemetry);
     health.register(
         "datadog-api",

@@ -111,6 +111,14 @@ pub(crate) struct DatadogApi {
     pub(crate) rate_limit_reset_secs: Option<u64>,
     pub(crate) consecutive_failures: u64,
     pub(crate) last_error: Option<String>,
+    /// The last `/api/v1/validate`: when, its verdict (`None`: Datadog could not be asked),
+    /// and why not valid.
+    #[serde(default)]
+    pub(crate) api_key_checked_at: Option<i64>,
+    #[serde(default)]
+    pub(crate) api_key_valid: Option<bool>,
+    #[serde(default)]
+    pub(crate) api_key_error: Option<String>,
 }
 
 impl ExternalMetrics {
@@ -255,7 +263,7 @@ pub(crate) fn render(status: &Status, colour: bool) -> String {
         render_external_metrics(&mut out, em, agent.now);
     }
     if let Some(dd) = &status.datadog_api {
-        render_datadog(&mut out, dd);
+        render_datadog(&mut out, dd, agent.now);
     }
     out.text
 }
@@ -345,7 +353,7 @@ fn render_external_metrics(out: &mut Out, em: &ExternalMetrics, now: i64) {
     }
 }
 
-fn render_datadog(out: &mut Out, dd: &DatadogApi) {
+fn render_datadog(out: &mut Out, dd: &DatadogApi, now: i64) {
     out.title("Datadog API");
     let mut rows = vec![
         ("Endpoint", dd.endpoint.clone()),
@@ -374,6 +382,26 @@ fn render_datadog(out: &mut Out, dd: &DatadogApi) {
         _ => "not reported yet".to_owned(),
     };
     rows.push(("Rate limit", rate));
+    let key = match (dd.api_key_checked_at, dd.api_key_valid) {
+        (None, _) => "not checked yet".to_owned(),
+        (Some(at), Some(true)) => format!(
+            "{} (checked {} ago)",
+            out.paint(GREEN, "valid"),
+            duration(now - at)
+        ),
+        (Some(at), Some(false)) => format!(
+            "{} (checked {} ago): {}",
+            out.paint(RED, "invalid"),
+            duration(now - at),
+            dd.api_key_error.as_deref().unwrap_or("")
+        ),
+        (Some(at), None) => format!(
+            "unknown (checked {} ago): {}",
+            duration(now - at),
+            dd.api_key_error.as_deref().unwrap_or("")
+        ),
+    };
+    rows.push(("API key", key));
     if dd.consecutive_failures > 0 {
         rows.push((
             "Failing",
@@ -472,6 +500,9 @@ mod tests {
                 rate_limit_reset_secs: Some(12),
                 consecutive_failures: 0,
                 last_error: Some("HTTP 503".into()),
+                api_key_checked_at: Some(NOW - 120),
+                api_key_valid: Some(true),
+                api_key_error: None,
             }),
         }
     }
@@ -521,6 +552,7 @@ Datadog API
   Endpoint:   https://api.datadoghq.com
   Calls:      10 ok, 1 failed, 0 rate-limited (2 retries)
   Rate limit: 95 of 100 queries left, resets in 12s
+  API key:    valid (checked 2m ago)
   Last error: HTTP 503
 ";
         assert_eq!(render(&full(), false), want);
@@ -555,6 +587,8 @@ Datadog API
         if let Some(dd) = status.datadog_api.as_mut() {
             dd.consecutive_failures = 3;
             dd.rate_limit_remaining = None;
+            dd.api_key_valid = Some(false);
+            dd.api_key_error = Some("403 Forbidden".into());
         }
         status.leader_election.is_leader = false;
         status.leader_election.leader = String::new();
@@ -564,6 +598,7 @@ Datadog API
             "  Store:   ConfigMap datadog/datadog-custom-metrics, not written yet\n",
             "  Failing:    the last 3 calls failed\n",
             "  Rate limit: not reported yet\n",
+            "  API key:    invalid (checked 2m ago): 403 Forbidden\n",
             "  This replica: dca-0, follower\n",
             "  Leader:       nobody holds the lock\n",
             "  Last error:   403 on the lease\n",

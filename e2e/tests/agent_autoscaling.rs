@@ -620,6 +620,20 @@ async fn datadog_faults_never_scale_hpas() {
         assert_eq!(metric["valid"], true, "{metric}");
     }
     assert_eq!(report["agent"]["pid"], agent.pid(), "{report}");
+    // The API key, as Datadog's /api/v1/validate judged it at start-up.
+    eventually(
+        "status says the API key is valid",
+        GENEROUS,
+        || async move {
+            Ok((status_json(agent_ref)["datadog_api"]["api_key_valid"] == true).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        !double.requests_to("/api/v1/validate").is_empty(),
+        "the key was never validated"
+    );
     // `explain`: the query the leader sends for the HPA and the value the HPA gets.
     let out = agent.command(&["explain", "apps/orders"]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

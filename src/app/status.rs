@@ -154,6 +154,7 @@ fn external_metrics(store: &str, snapshot: &StoreSnapshot) -> ExternalMetrics {
 fn datadog_api(em: &ExternalMetricsParts) -> DatadogApi {
     let calls = em.datadog.snapshot();
     let (consecutive_failures, last_error) = em.datadog.failures();
+    let key = em.datadog.key_check();
     DatadogApi {
         endpoint: em.endpoint.clone(),
         successes: calls.requests_success,
@@ -165,5 +166,8 @@ fn datadog_api(em: &ExternalMetricsParts) -> DatadogApi {
         rate_limit_reset_secs: calls.rate_limit_reset,
         consecutive_failures,
         last_error,
+        api_key_checked_at: key.checked_at,
+        api_key_valid: key.valid,
+        api_key_error: key.error,
     }
 }

@@ -420,6 +420,29 @@ impl DatadogClient {
         }
     }
 
+    /// `GET /api/v1/validate`: whether Datadog accepts the API key (one attempt; `status`
+    /// shows the outcome, so a failure is reported, not retried).
+    pub async fn validate(&self) -> Result<(), ClientError> {
+        let url = format!("{}/api/v1/validate", self.base_url);
+        let mut ignored = None;
+        match self.attempt(&url, &mut ignored).await {
+            Attempt::Answer { status, .. } if status.is_success() => Ok(()),
+            Attempt::Answer { status, body }
+                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN =>
+            {
+                Err(ClientError::Forbidden {
+                    status,
+                    body: excerpt(&body),
+                })
+            }
+            Attempt::Answer { status, body } => Err(ClientError::Status {
+                status,
+                body: excerpt(&body),
+            }),
+            Attempt::Failed(cause) => Err(ClientError::Transport(cause)),
+        }
+    }
+
     async fn attempt(&self, url: &str, rate_limit: &mut Option<RateLimitObservation>) -> Attempt {
         let mut response = match self.http.get(url).send().await {
             Ok(r) => r,

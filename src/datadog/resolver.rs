@@ -93,6 +93,33 @@ pub struct DatadogTelemetry {
     /// answered).
     consecutive_failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// The last `/api/v1/validate` of the API key.
+    api_key: Mutex<KeyCheck>,
+}
+
+/// What Datadog said of the API key the last time it was asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyCheck {
+    /// Unix seconds; `None`: not asked yet.
+    pub checked_at: Option<i64>,
+    /// `None` when Datadog could not be asked (the error says why).
+    pub valid: Option<bool>,
+    pub error: Option<String>,
+}
+
+/// The record of a validation: a 401/403 is a verdict on the key, anything else is no
+/// verdict at all.
+pub fn key_check(result: &Result<(), ClientError>, now: i64) -> KeyCheck {
+    let (valid, error) = match result {
+        Ok(()) => (Some(true), None),
+        Err(e @ ClientError::Forbidden { .. }) => (Some(false), Some(e.to_string())),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    KeyCheck {
+        checked_at: Some(now),
+        valid,
+        error,
+    }
 }
 
 /// Failed calls in a row that make the Datadog API unhealthy: one failure may be a blip
@@ -126,6 +153,7 @@ impl Default for DatadogTelemetry {
             queries_in_backoff: AtomicU64::new(0),
             consecutive_failures: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            api_key: Mutex::new(KeyCheck::default()),
         }
     }
 }
@@ -199,6 +227,17 @@ impl DatadogTelemetry {
             u64::from(reply.attempts.saturating_sub(1)),
             Ordering::Relaxed,
         );
+    }
+
+    pub fn record_key_check(&self, check: KeyCheck) {
+        *self.api_key.lock().unwrap_or_else(PoisonError::into_inner) = check;
+    }
+
+    pub fn key_check(&self) -> KeyCheck {
+        self.api_key
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Calls failed in a row now, and the last error (for `status`).
@@ -738,6 +777,35 @@ mod tests {
         assert_eq!(t.requests_error, 1);
         assert_eq!(t.requests_success, 0);
         assert_eq!(t.rate_limit_remaining, None);
+    }
+
+    /// Only a 401/403 says the key is bad; a timeout or a 5xx says nothing about it.
+    #[test]
+    fn a_key_check_is_a_verdict_only_when_datadog_judged_the_key() {
+        use http::StatusCode;
+        let forbidden = Err(ClientError::Forbidden {
+            status: StatusCode::FORBIDDEN,
+            body: "{\"errors\":[\"Forbidden\"]}".into(),
+        });
+        let down = Err(ClientError::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: String::new(),
+        });
+        let cases = [
+            (Ok(()), Some(true), false),
+            (forbidden, Some(false), true),
+            (down, None, true),
+        ];
+        for (result, valid, has_error) in cases {
+            let check = key_check(&result, 7);
+            assert_eq!(check.checked_at, Some(7));
+            assert_eq!(check.valid, valid, "{result:?}");
+            assert_eq!(check.error.is_some(), has_error, "{result:?}");
+        }
+        let t = DatadogTelemetry::default();
+        assert_eq!(t.key_check(), KeyCheck::default());
+        t.record_key_check(key_check(&Ok(()), 9));
+        assert_eq!(t.key_check().valid, Some(true));
     }
 
     /// Failures in a row make the API unhealthy; a success ends the run, a 429 does not.

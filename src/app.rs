@@ -166,6 +166,10 @@ pub(crate) async fn run(
                     .config_file
                     .as_ref()
                     .map(|p| p.display().to_string()),
+                hostname: settings
+                    .hostname
+                    .clone()
+                    .unwrap_or_else(|| leader.status().identity),
                 cluster_name: settings.cluster_name.clone(),
                 log_level: String::new(),
             },

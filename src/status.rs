@@ -38,6 +38,9 @@ pub(crate) struct Agent {
     /// Unix seconds: when this report was made (ages are relative to it).
     pub(crate) now: i64,
     pub(crate) config_file: Option<String>,
+    /// `hostname`, else the pod name this replica runs as.
+    #[serde(default)]
+    pub(crate) hostname: String,
     pub(crate) cluster_name: Option<String>,
     /// As set now (`config set log_level` changes it).
     #[serde(default)]
@@ -222,6 +225,7 @@ pub(crate) fn render(status: &Status, colour: bool) -> String {
             ),
         ),
         ("Pid", agent.pid.to_string()),
+        ("Hostname", agent.hostname.clone()),
         ("Log level", agent.log_level.clone()),
         (
             "Build",
@@ -441,6 +445,7 @@ mod tests {
                 started_at: NOW - 3_725,
                 now: NOW,
                 config_file: Some("/etc/datadog-agent/datadog-cluster.yaml".into()),
+                hostname: "dca-0".into(),
                 cluster_name: None,
                 log_level: "info".into(),
             },
@@ -516,6 +521,7 @@ Datadog Cluster Agent (v7.62.0)
   Status date:  2026-12-07T12:00:00Z
   Agent start:  2026-12-07T10:57:55Z (up 1h 2m)
   Pid:          42
+  Hostname:     dca-0
   Log level:    info
   Build:        commit abc1234, 2026-12-01T00:00:00Z
   Config file:  /etc/datadog-agent/datadog-cluster.yaml

@@ -87,7 +87,7 @@ pub static SPECS: &[Spec] = &[
         "hostname",
         Kind::Str,
         "",
-        "Host name the flare upload reports; default: `DD_POD_NAME`, else the machine's. Events will report it when they land.",
+        "Host name `status` shows and the flare upload reports; default: `DD_POD_NAME`, else the machine's. Events will report it when they land.",
     ),
     spec(
         "cluster_name",
